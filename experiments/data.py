@@ -1,0 +1,297 @@
+"""Local files through `datasets`, record validation, deterministic batching.
+
+Every reader goes through `datasets.load_dataset` on local files (nothing is fetched: launch.py
+sets HF_DATASETS_OFFLINE=1) and validates each record. A bad record raises `RecordError`
+naming the file, the 1-based line and the field; with `skip_bad=True` it is skipped instead,
+and every skip is counted and reported in the returned `Skipped` log. Nothing is dropped
+silently.
+
+Batching (`EpochBatches`) is a pure function of (seed, epoch, position): each epoch has its
+own permutation, and the position is part of every checkpoint, so a resumed run sees exactly
+the batches an uninterrupted run would have seen.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+class RecordError(ValueError):
+    """A malformed record: names the file, the 1-based line and the offending field."""
+
+    def __init__(self, path, line: int | None, field: str | None, problem: str):
+        self.path, self.line, self.field, self.problem = str(path), line, field, problem
+        where = self.path if line is None else f"{self.path}:{line}"
+        what = f" field {field!r}:" if field else ""
+        super().__init__(f"{where}:{what} {problem}")
+
+
+@dataclasses.dataclass
+class Skipped:
+    """The records skipped under `skip_bad=True`, one `RecordError` each."""
+
+    errors: list[RecordError] = dataclasses.field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.errors)
+
+    def summary(self) -> str:
+        """One line per skipped record (at most 20), after a count."""
+        lines = [f"skipped {len(self.errors)} bad record(s)"]
+        lines += [f"  {error}" for error in self.errors[:20]]
+        if len(self.errors) > 20:
+            lines.append(f"  ... and {len(self.errors) - 20} more")
+        return "\n".join(lines)
+
+
+def _require_file(path) -> pathlib.Path:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise RecordError(path, None, None, "no such file")
+    return path
+
+
+def read_lines(path) -> list[str]:
+    """The lines of a UTF-8 text file through `datasets`' text builder, BOM stripped.
+
+    Line k of the file is element k - 1 (the builder keeps empty lines).
+    """
+    import datasets
+
+    path = _require_file(path)
+    dataset = datasets.load_dataset("text", data_files=str(path), split="train",
+                                    keep_in_memory=True)
+    lines = list(dataset["text"])
+    if lines and lines[0].startswith("\ufeff"):
+        lines[0] = lines[0][1:]
+    return lines
+
+
+# A field parser turns the raw string into a value or raises ValueError with the problem.
+FieldParser = Callable[[str], Any]
+
+
+def parse_int(text: str) -> int:
+    """An integer field (surrounding whitespace allowed)."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"not an integer: {text!r}") from None
+
+
+def parse_nonempty(text: str) -> str:
+    """A string field that is not empty after stripping whitespace."""
+    text = text.strip()
+    if not text:
+        raise ValueError("empty")
+    return text
+
+
+def _collect(parsed_rows, columns: Sequence[str], path, skip_bad: bool, skipped: Skipped):
+    table = {name: [] for name in ("line", *columns)}
+    for line_number, row in parsed_rows:
+        if isinstance(row, RecordError):
+            if not skip_bad:
+                raise row
+            skipped.errors.append(row)
+            continue
+        table["line"].append(line_number)
+        for name in columns:
+            table[name].append(row[name])
+    return table
+
+
+def read_tsv(path, fields: Mapping[str, FieldParser], *, skip_bad: bool = False,
+             skip_header: bool = False, skip_blank: bool = True
+             ) -> tuple[dict[str, list], Skipped]:
+    """Reads a headerless tab-separated file whose columns are `fields`, in order.
+
+    Args:
+      path: the file.
+      fields: column name -> parser, in column order; a row must have exactly that many
+        tab-separated columns.
+      skip_bad: skip (and count) malformed rows instead of raising.
+      skip_header: ignore the first line.
+      skip_blank: ignore lines that are empty or whitespace (counted in the `Skipped` log
+        only when `skip_bad` is set; they are never errors).
+
+    Returns:
+      (columns, skipped): columns maps each field name, plus "line" (1-based line numbers),
+      to a list of the parsed values.
+
+    Raises:
+      RecordError: naming the file, line and field of the first malformed row.
+    """
+    path = _require_file(path)
+    names = list(fields)
+
+    def parse(line_number: int, text: str):
+        cells = text.split("\t")
+        if len(cells) != len(names):
+            return RecordError(path, line_number, None,
+                               f"expected {len(names)} tab-separated columns "
+                               f"({', '.join(names)}), found {len(cells)}")
+        row = {}
+        for name, cell in zip(names, cells):
+            try:
+                row[name] = fields[name](cell)
+            except ValueError as error:
+                return RecordError(path, line_number, name, str(error))
+        return row
+
+    lines = read_lines(path)
+    start = 1 if skip_header else 0
+    rows = ((number, parse(number, text))
+            for number, text in enumerate(lines[start:], start=start + 1)
+            if not (skip_blank and not text.strip()))
+    skipped = Skipped()
+    return _collect(rows, names, path, skip_bad, skipped), skipped
+
+
+def read_jsonl(path, fields: Mapping[str, FieldParser | None], *, skip_bad: bool = False
+               ) -> tuple[dict[str, list], Skipped]:
+    """Reads a JSON-lines file whose records must carry `fields`.
+
+    Args:
+      path: the file; blank lines are ignored.
+      fields: required key -> parser applied to its value (None keeps the value as is).
+      skip_bad: skip (and count) malformed records instead of raising.
+
+    Returns:
+      (columns, skipped) as in `read_tsv`.
+    """
+    path = _require_file(path)
+
+    def parse(line_number: int, text: str):
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as error:
+            return RecordError(path, line_number, None, f"invalid JSON: {error.msg} "
+                                                        f"(column {error.colno})")
+        if not isinstance(record, dict):
+            return RecordError(path, line_number, None, "a record must be a JSON object")
+        row = {}
+        for name, parser in fields.items():
+            if name not in record:
+                return RecordError(path, line_number, name, "missing")
+            try:
+                row[name] = record[name] if parser is None else parser(record[name])
+            except (ValueError, TypeError) as error:
+                return RecordError(path, line_number, name, str(error))
+        return row
+
+    lines = read_lines(path)
+    rows = ((number, parse(number, text)) for number, text in enumerate(lines, start=1)
+            if text.strip())
+    skipped = Skipped()
+    return _collect(rows, list(fields), path, skip_bad, skipped), skipped
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def read_image_folder(folder, decode: Callable[[Any], np.ndarray], *, skip_bad: bool = False
+                      ) -> tuple[np.ndarray, list[str], Skipped]:
+    """Decodes every image under `folder` through `datasets`' imagefolder builder.
+
+    Args:
+      folder: a directory of image files (sub-directories allowed).
+      decode: PIL image -> array (resize, crop, scale: the experiment decides).
+      skip_bad: skip (and count) files that cannot be decoded instead of raising.
+
+    Returns:
+      (images stacked on axis 0, their paths, skipped).
+
+    Raises:
+      RecordError: for an empty or missing folder, or naming the file that cannot be decoded.
+    """
+    import datasets
+    import PIL.Image
+
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise RecordError(folder, None, None, "no such directory")
+    if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*")):
+        raise RecordError(folder, None, None,
+                          f"no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    dataset = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train",
+                                    keep_in_memory=True)
+    # Decode ourselves, so that a broken file is reported by its path.
+    dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    images, paths, skipped = [], [], Skipped()
+    for item in dataset["image"]:
+        path = item["path"]
+        try:
+            with PIL.Image.open(path) as image:
+                images.append(decode(image))
+        except (OSError, ValueError, SyntaxError) as error:
+            problem = RecordError(path, None, None, f"cannot decode image: {error}")
+            if not skip_bad:
+                raise problem from error
+            skipped.errors.append(problem)
+            continue
+        paths.append(path)
+    if not images:
+        raise RecordError(folder, None, None, "no decodable images")
+    return np.stack(images), paths, skipped
+
+
+class EpochBatches:
+    """Shuffled fixed-size batches over in-memory arrays, resumable to the exact batch.
+
+    Epoch e uses the permutation `np.random.default_rng([seed, e])`; the last partial batch
+    of an epoch is dropped (its examples come back in later epochs' permutations). The
+    position `{"epoch": e, "batch": b}` is what a checkpoint stores.
+
+    Args:
+      arrays: name -> array, all with the same leading dimension (the examples).
+      batch_size: examples per batch (global, over all processes).
+      seed: the shuffling seed.
+      shuffle: False keeps file order (for evaluation).
+    """
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], batch_size: int, seed: int,
+                 shuffle: bool = True):
+        sizes = {name: len(array) for name, array in arrays.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"arrays have different numbers of examples: {sizes}")
+        self.num_examples = next(iter(sizes.values()))
+        if not 0 < batch_size <= self.num_examples:
+            raise ValueError(f"batch_size {batch_size} must be in [1, {self.num_examples}] "
+                             "(the number of examples)")
+        self.arrays = dict(arrays)
+        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.batches_per_epoch = self.num_examples // batch_size
+        self.epoch, self.batch = 0, 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.num_examples)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+
+    def state(self) -> dict[str, int]:
+        """The position of the next batch: {"epoch": e, "batch": b}."""
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def restore(self, state: Mapping[str, int]) -> None:
+        """Moves to a position returned by `state()`."""
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        self._order = self._permutation(self.epoch)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self.batch == self.batches_per_epoch:
+            self.restore({"epoch": self.epoch + 1, "batch": 0})
+        rows = self._order[self.batch * self.batch_size:(self.batch + 1) * self.batch_size]
+        self.batch += 1
+        return {name: array[rows] for name, array in self.arrays.items()}
