@@ -53,7 +53,7 @@ class Skipped:
 
 def _require_file(path) -> pathlib.Path:
     path = pathlib.Path(path)
-    if not path.is_file():
+    if not path.exists() or path.is_dir():
         raise RecordError(path, None, None, "no such file")
     return path
 

@@ -37,7 +37,6 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from orbax.checkpoint.checkpoint_managers import preservation_policy
 from tqdm.auto import tqdm
 
 PyTree = Any
@@ -128,25 +127,32 @@ def shard_batch(batch: Batch, sharding: NamedSharding) -> dict[str, jax.Array]:
     return {name: put(array) for name, array in batch.items()}
 
 
-def _checkpoint_manager(directory: pathlib.Path, config) -> ocp.CheckpointManager:
-    policies = [preservation_policy.LatestN(n=config.keep_checkpoints)]
-    if config.best_metric:
-        policies.append(preservation_policy.BestN(
-            get_metric_fn=lambda metrics: metrics[config.best_metric],
-            reverse=config.best_mode == "min", n=1, keep_checkpoints_without_metrics=False))
+def _checkpoint_manager(directory: pathlib.Path) -> ocp.CheckpointManager:
+    # Retention (last K plus the best) is done by `_prune`, so that the kept "best" is
+    # exactly the step recorded in best.json.
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=preservation_policy.AnyPreservationPolicy(policies),
         # Synchronous saves: a run killed right after a save must find it complete.
         enable_async_checkpointing=False, create=True, cleanup_tmp_directories=True)
     return ocp.CheckpointManager(directory, options=options)
 
 
+def _prune(manager: ocp.CheckpointManager, keep_last: int, best_step: int | None) -> None:
+    """Deletes every checkpoint but the last `keep_last` and `best_step`."""
+    steps = sorted(manager.all_steps())
+    keep = set(steps[-keep_last:]) | ({best_step} if best_step is not None else set())
+    for step in steps:
+        if step not in keep:
+            manager.delete(step)
+
+
 def _abstract(state: PyTree) -> PyTree:
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    """Shapes, dtypes and shardings of `state` (arrays or `jax.eval_shape` structs)."""
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=getattr(x, "sharding", None) or default), state)
 
 
-def restore_latest(directory: pathlib.Path, state_template: PyTree, config
+def restore_latest(directory: pathlib.Path, state_template: PyTree
                    ) -> tuple[int, PyTree, dict | None]:
     """Restores the newest readable checkpoint under `directory`.
 
@@ -157,7 +163,7 @@ def restore_latest(directory: pathlib.Path, state_template: PyTree, config
     Returns:
       (step, state, meta): step 0, `state_template` and None when there is no checkpoint.
     """
-    manager = _checkpoint_manager(directory, config)
+    manager = _checkpoint_manager(directory)
     abstract = _abstract(state_template)
     for step in sorted(manager.all_steps(), reverse=True):
         try:
@@ -186,10 +192,9 @@ def load_state(workdir, state_template: PyTree, step: int | str = "latest") -> P
       FileNotFoundError: naming the directory when it holds no such checkpoint.
     """
     directory = pathlib.Path(workdir).resolve() / "checkpoints"
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoints in {directory}")
-    manager = ocp.CheckpointManager(directory, options=options)
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
     if step == "latest":
         step = manager.latest_step()
     elif step == "best":
@@ -278,11 +283,11 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir) -> TrainResult
 
     state = jax.jit(task.init_state, out_shardings=replicated)(init_key)
     checkpoint_dir = workdir / "checkpoints"
-    step, state, meta = restore_latest(checkpoint_dir, state, config)
+    step, state, meta = restore_latest(checkpoint_dir, state)
     if meta is not None:
         task.batches.restore(meta["data"])
         print(f"resumed from {checkpoint_dir / str(step)} (step {step})", flush=True)
-    manager = _checkpoint_manager(checkpoint_dir, config)
+    manager = _checkpoint_manager(checkpoint_dir)
     step_fn = jax.jit(task.train_step, donate_argnums=0, out_shardings=replicated)
 
     writer = MetricWriter(workdir)
@@ -297,7 +302,8 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir) -> TrainResult
                                   meta=ocp.args.JsonSave({"step": step,
                                                           "data": task.batches.state()}))
         if step not in manager.all_steps():
-            manager.save(step, args=args, metrics=dict(eval_metrics or {}) or None, force=True)
+            manager.save(step, args=args, force=True)
+        _prune(manager, config.keep_checkpoints, best_step)
 
     with _Preemption() as preemption:
         try:

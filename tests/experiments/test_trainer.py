@@ -79,8 +79,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
             path.write_bytes(b"\x00garbage")
     with pytest.warns(RuntimeWarning, match=r"checkpoints/20 \(step 20\) cannot be restored"):
         step, _, meta = trainer.restore_latest(tmp_path / "checkpoints",
-                                               make_task().init_state(jax.random.PRNGKey(0)),
-                                               _config())
+                                               make_task().init_state(jax.random.PRNGKey(0)))
     assert step == 10 and meta["step"] == 10
     assert (tmp_path / "checkpoints_unreadable" / "20").is_dir()  # kept, not deleted
     # Training then resumes from step 10 and completes.
@@ -96,7 +95,7 @@ def test_best_checkpoint_is_kept_by_its_metric(tmp_path):
     assert best["step"] == 10  # the least trained weights are furthest from the solution
     kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
     assert kept == [10, 60]
-    template = make_task().init_state(jax.random.PRNGKey(0))
+    template = jax.eval_shape(make_task().init_state, jax.random.PRNGKey(0))
     state = trainer.load_state(tmp_path, template, step="best")
     assert -np.abs(np.asarray(state["params"]["w"]) - TRUE_WEIGHTS).max() == pytest.approx(
         best["value"], rel=1e-6)

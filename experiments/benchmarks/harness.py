@@ -1,0 +1,204 @@
+"""Benchmark harness: compile time apart from steady state, medians, memory, ratios.
+
+A benchmark module builds a `Report` and calls `report.time_jax(...)` (or `report.time_call`
+for a peer library such as PyTorch) once per (group, implementation). Every group has one
+baseline row measured in the same process; the report prints each row's speed-up against it,
+so the figures survive a noisy shared machine. Results go to `OUT/NAME.jsonl` (one JSON line
+per row) and `OUT/NAME.md` (the markdown table).
+"""
+
+import dataclasses
+import json
+import pathlib
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+
+
+@dataclasses.dataclass
+class Row:
+    """One measured implementation in one group."""
+
+    group: str                      # what is compared, e.g. "n=8192 fwd+bwd"
+    impl: str                       # e.g. "Local(64) blocked"
+    median_s: float                 # steady-state median over `repeats` runs
+    compile_s: float | None         # trace + compile (jax) or first call (others)
+    repeats: int
+    baseline: bool = False
+    temp_bytes: int | None = None   # XLA compiled memory analysis
+    argument_bytes: int | None = None
+    output_bytes: int | None = None
+    peak_device_bytes: int | None = None  # device memory stats, where the device has them
+    flops: float | None = None      # useful floating-point operations per call
+    shapes: str = ""
+    device: str = ""
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def gflops_per_s(self) -> float | None:
+        return None if not self.flops else self.flops / self.median_s / 1e9
+
+
+def device_kind() -> str:
+    """E.g. "cpu (x86_64, 2 cores)" or "NVIDIA H100 80GB HBM3"."""
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        import os
+        return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
+    return device.device_kind
+
+
+def _block(tree):
+    return jax.block_until_ready(tree)
+
+
+def _median_time(call: Callable[[], Any], repeats: int, sync: Callable[[Any], Any]) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sync(call())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _shapes(args) -> str:
+    leaves = jax.tree.leaves(args)
+    return " ".join(f"{getattr(x, 'dtype', type(x).__name__)}{list(getattr(x, 'shape', ()))}"
+                    for x in leaves[:6]) + (" ..." if len(leaves) > 6 else "")
+
+
+class Report:
+    """Collects rows for one benchmark and renders them with ratios to each group's baseline."""
+
+    def __init__(self, name: str, repeats: int = 5):
+        self.name, self.repeats = name, repeats
+        self.rows: list[Row] = []
+        self.notes: list[str] = []
+        self.device = device_kind()
+
+    def time_jax(self, group: str, impl: str, fn: Callable, *args, baseline: bool = False,
+                 flops: float | None = None, repeats: int | None = None, **extra) -> Row:
+        """Jits `fn`, compiles it for `args`, reads its memory analysis and times it.
+
+        Args:
+          group: the comparison this row belongs to.
+          impl: the implementation's label.
+          fn: a function of `args` (not yet jitted).
+          *args: its arguments (arrays or pytrees of arrays).
+          baseline: whether this row is the group's baseline.
+          flops: useful FLOPs per call, for GFLOP/s.
+          repeats: timed runs after one warm-up (default: the report's).
+          **extra: more columns for the JSON line.
+        """
+        repeats = repeats or self.repeats
+        start = time.perf_counter()
+        compiled = jax.jit(fn).lower(*args).compile()
+        compile_s = time.perf_counter() - start
+        memory = compiled.memory_analysis()
+        _block(compiled(*args))  # warm-up (first-run allocations)
+        median = _median_time(lambda: compiled(*args), repeats, _block)
+        row = Row(group=group, impl=impl, median_s=median, compile_s=compile_s,
+                  repeats=repeats, baseline=baseline,
+                  temp_bytes=getattr(memory, "temp_size_in_bytes", None),
+                  argument_bytes=getattr(memory, "argument_size_in_bytes", None),
+                  output_bytes=getattr(memory, "output_size_in_bytes", None),
+                  peak_device_bytes=_peak_device_bytes(), flops=flops,
+                  shapes=_shapes(args), device=self.device, extra=extra)
+        self.rows.append(row)
+        self._echo(row)
+        return row
+
+    def time_call(self, group: str, impl: str, call: Callable[[], Any], *,
+                  baseline: bool = False, flops: float | None = None,
+                  sync: Callable[[Any], Any] = lambda result: result,
+                  repeats: int | None = None, shapes: str = "", **extra) -> Row:
+        """Times a zero-argument callable (e.g. a PyTorch step); the first call counts as compile."""
+        repeats = repeats or self.repeats
+        start = time.perf_counter()
+        sync(call())
+        first = time.perf_counter() - start
+        median = _median_time(call, repeats, sync)
+        row = Row(group=group, impl=impl, median_s=median, compile_s=first, repeats=repeats,
+                  baseline=baseline, flops=flops, shapes=shapes, device=self.device,
+                  extra=extra)
+        self.rows.append(row)
+        self._echo(row)
+        return row
+
+    def note(self, text: str) -> None:
+        """A line printed under the table (e.g. a fitted exponent, a skipped case and why)."""
+        self.notes.append(text)
+        print(f"  note: {text}", flush=True)
+
+    def _echo(self, row: Row) -> None:
+        print(f"  [{row.group}] {row.impl}: {row.median_s * 1e3:.2f} ms "
+              f"(compile {row.compile_s:.2f} s)", flush=True)
+
+    def baseline_of(self, group: str) -> Row | None:
+        """The group's baseline row, if it was measured."""
+        return next((r for r in self.rows if r.group == group and r.baseline), None)
+
+    def speedup(self, row: Row) -> float | None:
+        """Baseline median / this row's median, within the row's group."""
+        base = self.baseline_of(row.group)
+        return None if base is None else base.median_s / row.median_s
+
+    def markdown(self) -> str:
+        """The results as a markdown table, one line per row, notes below."""
+        lines = [f"### {self.name} ({self.device}, jax {jax.__version__})", "",
+                 "| group | implementation | median | × baseline | compile | temp memory | GFLOP/s |",
+                 "|---|---|---|---|---|---|---|"]
+        for row in self.rows:
+            ratio = self.speedup(row)
+            lines.append(
+                f"| {row.group} | {row.impl}{' (baseline)' if row.baseline else ''} "
+                f"| {_seconds(row.median_s)} | {'' if ratio is None else f'{ratio:.2f}×'} "
+                f"| {_seconds(row.compile_s)} | {_bytes(row.temp_bytes)} "
+                f"| {'' if row.gflops_per_s is None else f'{row.gflops_per_s:.1f}'} |")
+        lines += [""] + [f"- {note}" for note in self.notes]
+        return "\n".join(lines)
+
+    def write(self, out_dir) -> pathlib.Path:
+        """Writes OUT/NAME.jsonl and OUT/NAME.md; returns the markdown path."""
+        out_dir = pathlib.Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / f"{self.name}.jsonl", "w", encoding="utf-8") as stream:
+            for row in self.rows:
+                record = dataclasses.asdict(row)
+                record.update(benchmark=self.name, speedup=self.speedup(row),
+                              gflops_per_s=row.gflops_per_s, jax=jax.__version__)
+                stream.write(json.dumps(record) + "\n")
+        path = out_dir / f"{self.name}.md"
+        path.write_text(self.markdown() + "\n")
+        return path
+
+
+def _peak_device_bytes() -> int | None:
+    stats = jax.devices()[0].memory_stats()
+    return None if not stats else stats.get("peak_bytes_in_use")
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value * 1e3:.2f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return ""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+
+
+def fit_exponent(sizes: Sequence[float], seconds: Sequence[float]) -> float:
+    """Least-squares slope of log(time) against log(size): time ∝ size^slope."""
+    import numpy as np
+    slope, _ = np.polyfit(np.log(sizes), np.log(seconds), 1)
+    return float(slope)

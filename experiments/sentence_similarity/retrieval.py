@@ -1,0 +1,81 @@
+"""Open-set retrieval metrics: exact brute-force top-k on device, top-k accuracy, MAP@R.
+
+The protocol is SPEC §1.6: every validation sentence queries all the others (itself
+excluded), and a query is a top-k hit when one of its k nearest neighbours by cosine shares
+its group. The seed assumed rank 1 was the query itself and looked at ranks 2..k+1; excluding
+the query's own index is the same thing without the assumption (duplicated sentences in two
+groups would break it). MAP@R (Musgrave et al., "A Metric Learning Reality Check", 2020) adds a
+ranking-quality figure: for a query with R other members of its group, the mean over the first
+R ranks of precision@i at the ranks that are hits, divided by R.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _top_k_chunk(queries, keys, query_offset, k):
+    scores = queries @ keys.T                                   # [q, n]
+    rows = query_offset + jnp.arange(queries.shape[0])[:, None]
+    scores = jnp.where(rows == jnp.arange(keys.shape[0])[None, :], -jnp.inf, scores)
+    return jax.lax.top_k(scores, k)
+
+
+def nearest_neighbours(embeddings: np.ndarray, k: int, *, chunk_size: int = 1024
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k nearest other rows by inner product (exact, on device, in query chunks).
+
+    Args:
+      embeddings: (n, dim) unit vectors.
+      k: neighbours per row, at most n - 1.
+      chunk_size: queries per device call (bounds memory at chunk_size × n scores).
+
+    Returns:
+      (scores, indices), both (n, k), best first; a row never lists itself.
+    """
+    n = len(embeddings)
+    if not 0 < k < n:
+        raise ValueError(f"k must be in [1, {n - 1}] for {n} embeddings, got {k}")
+    keys = jnp.asarray(embeddings)
+    scores, indices = [], []
+    for start in range(0, n, chunk_size):
+        s, i = _top_k_chunk(keys[start:start + chunk_size], keys, start, k)
+        scores.append(np.asarray(s))
+        indices.append(np.asarray(i))
+    return np.concatenate(scores), np.concatenate(indices)
+
+
+def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks=(1, 5, 10)
+                      ) -> dict[str, float]:
+    """top-k accuracies (SPEC §1.6) and MAP@R of every row against all the others.
+
+    Args:
+      embeddings: (n, dim) unit vectors.
+      labels: (n,) group ids.
+      ks: the k of each top-k accuracy.
+
+    Returns:
+      {"top1": ..., "top5": ..., "top10": ..., "map_at_r": ...}. Rows whose group has no other
+      member count as misses in top-k (as in the seed) and are left out of MAP@R (R = 0).
+    """
+    labels = np.asarray(labels)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    relevant = counts[inverse] - 1                              # R per query
+    depth = int(min(len(labels) - 1, max(max(ks), relevant.max())))
+    _, neighbours = nearest_neighbours(embeddings, depth)
+    hits = labels[neighbours] == labels[:, None]                # [n, depth]
+    metrics = {f"top{k}": float(hits[:, :k].any(axis=1).mean()) for k in ks}
+    metrics["map_at_r"] = mean_average_precision_at_r(hits, relevant)
+    return metrics
+
+
+def mean_average_precision_at_r(hits: np.ndarray, relevant: np.ndarray) -> float:
+    """MAP@R from a (queries, depth) hit matrix and each query's R (depth ≥ max R)."""
+    ranks = np.arange(1, hits.shape[1] + 1)
+    precision = np.cumsum(hits, axis=1) / ranks
+    within_r = ranks[None, :] <= relevant[:, None]
+    average = (precision * hits * within_r).sum(axis=1) / np.maximum(relevant, 1)
+    return float(average[relevant > 0].mean())
