@@ -73,8 +73,9 @@ class Task:
 
     Attributes:
       init_state: key -> the initial train state (any pytree of arrays).
-      train_step: pure `(state, batch, key) -> (state, metrics)`; metrics must hold a scalar
-        "loss" and should hold "grad_norm" and "param_norm" (see `apply_updates`).
+      train_step: pure `(state, batch, key) -> (state, metrics)`; metrics are scalars; every
+        metric whose name contains "loss" ("loss", "critic_loss", ...) is checked for NaN/inf,
+        and "grad_norm" / "param_norm" should be there (see `apply_updates`).
       batches: the training batches (global batch size; each process keeps its slice).
       evaluate: optional `state -> {name: float}`, run every `eval_every` steps and at the end.
     """
@@ -314,11 +315,13 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir) -> TrainResult
                 # own step, and forced multi-device CPU runs hang without it (NOTES.md #1).
                 metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
                 step += 1
-                if not math.isfinite(metrics["loss"]):
+                bad = {k: v for k, v in metrics.items() if "loss" in k and not math.isfinite(v)}
+                if bad:
                     manager.wait_until_finished()
                     raise NonFiniteLossError(
-                        f"non-finite loss ({metrics['loss']}) at step {step}; the last good "
-                        f"checkpoint is step {manager.latest_step()} in {checkpoint_dir}")
+                        f"non-finite loss ({', '.join(f'{k}={v}' for k, v in bad.items())}) at "
+                        f"step {step}; the last good checkpoint is step "
+                        f"{manager.latest_step()} in {checkpoint_dir}")
                 window.append(metrics)
                 bar.update(1)
                 if step % config.log_every == 0 or step == config.num_steps:
@@ -326,7 +329,7 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir) -> TrainResult
                     row["steps_per_sec"] = len(window) / (time.perf_counter() - window_start)
                     writer.write(step, "train", row)
                     history.append({"step": step, **row})
-                    bar.set_postfix(loss=f"{row['loss']:.4g}")
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if "loss" in k})
                     window, window_start = [], time.perf_counter()
                 eval_metrics = None
                 if task.evaluate is not None and (
