@@ -164,3 +164,10 @@ def test_shared_groups_file_reads_completely():
     assert len(skipped) == 0
     assert len(groups) == 69_527                       # SOURCES.md §1.2
     assert len(np.unique(groups.group_ids)) == 30_085
+
+
+def test_convert_cli_writes_groups(tmp_path):
+    from experiments.sentence_similarity import convert
+    pairs = _write(tmp_path / "p.tsv", "a\tb\t1\nb\tc\t1\nd\te\t0\nd\tf\t1\n")
+    convert.main([str(pairs), "-o", str(tmp_path / "g.tsv")])
+    assert (tmp_path / "g.tsv").read_text() == "0\ta\n0\tb\n0\tc\n1\td\n1\tf\n"
