@@ -68,6 +68,9 @@ def run_experiment(spec: str, argv) -> dict:
     args, overrides = _parse_run_args(argv)
     if args.distributed or args.coordinator:
         import jax
+        if args.coordinator and args.coordinator.startswith(("127.", "localhost")):
+            # Several processes on one machine (tests, NOTES.md #8): CPU collectives via gloo.
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=args.coordinator,
                                    num_processes=args.num_processes,
                                    process_id=args.process_id)

@@ -11,6 +11,7 @@ own permutation, and the position is part of every checkpoint, so a resumed run 
 the batches an uninterrupted run would have seen.
 """
 
+import csv
 import dataclasses
 import json
 import os
@@ -109,9 +110,9 @@ def _collect(parsed_rows, columns: Sequence[str], path, skip_bad: bool, skipped:
 
 
 def read_tsv(path, fields: Mapping[str, FieldParser], *, skip_bad: bool = False,
-             skip_header: bool = False, skip_blank: bool = True
+             skip_header: bool = False, skip_blank: bool = True, delimiter: str = "\t"
              ) -> tuple[dict[str, list], Skipped]:
-    """Reads a headerless tab-separated file whose columns are `fields`, in order.
+    """Reads a headerless tab-separated (or CSV) file whose columns are `fields`, in order.
 
     Args:
       path: the file.
@@ -119,8 +120,9 @@ def read_tsv(path, fields: Mapping[str, FieldParser], *, skip_bad: bool = False,
         tab-separated columns.
       skip_bad: skip (and count) malformed rows instead of raising.
       skip_header: ignore the first line.
-      skip_blank: ignore lines that are empty or whitespace (counted in the `Skipped` log
-        only when `skip_bad` is set; they are never errors).
+      skip_blank: ignore lines that are empty or whitespace (they are never errors).
+      delimiter: "\t" splits on tabs only (quotes are text, as in the seeds' corpora); any
+        other delimiter, e.g. ",", is read with the `csv` module's quoting rules.
 
     Returns:
       (columns, skipped): columns maps each field name, plus "line" (1-based line numbers),
@@ -131,12 +133,14 @@ def read_tsv(path, fields: Mapping[str, FieldParser], *, skip_bad: bool = False,
     """
     path = _require_file(path)
     names = list(fields)
+    separator = {"\t": "tab", ",": "comma"}.get(delimiter, repr(delimiter))
 
     def parse(line_number: int, text: str):
-        cells = text.split("\t")
+        cells = (text.split("\t") if delimiter == "\t"
+                 else next(csv.reader([text], delimiter=delimiter)))
         if len(cells) != len(names):
             return RecordError(path, line_number, None,
-                               f"expected {len(names)} tab-separated columns "
+                               f"expected {len(names)} {separator}-separated columns "
                                f"({', '.join(names)}), found {len(cells)}")
         row = {}
         for name, cell in zip(names, cells):

@@ -148,7 +148,7 @@ def _prune(manager: ocp.CheckpointManager, keep_last: int, best_step: int | None
 
 def _abstract(state: PyTree) -> PyTree:
     """Shapes, dtypes and shardings of `state` (arrays or `jax.eval_shape` structs)."""
-    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    default = NamedSharding(data_mesh(), PartitionSpec())  # replicated on every process
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
         x.shape, x.dtype, sharding=getattr(x, "sharding", None) or default), state)
 

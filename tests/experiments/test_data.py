@@ -71,3 +71,13 @@ def test_epoch_batches_reject_bad_sizes():
         data.EpochBatches({"a": np.zeros(3), "b": np.zeros(4)}, 2, 0)
     with pytest.raises(ValueError, match=r"batch_size 5 must be in \[1, 3\]"):
         data.EpochBatches({"a": np.zeros(3)}, 5, 0)
+
+
+def test_csv_with_quotes_and_a_short_row(tmp_path):
+    path = tmp_path / "bq.csv"
+    path.write_text('sentence1,sentence2,label\n"a, b",c,1\nd,e\n')
+    fields = {"s1": str, "s2": str, "label": data.parse_int}
+    columns, skipped = data.read_tsv(path, fields, delimiter=",", skip_header=True,
+                                     skip_bad=True)
+    assert columns["s1"] == ["a, b"] and columns["line"] == [2]
+    assert "bq.csv:3: expected 3 comma-separated columns" in str(skipped.errors[0])

@@ -141,3 +141,23 @@ def test_sigkill_after_second_checkpoint_then_resume_is_bitwise_equal(tmp_path):
     for a, b in zip(jax.tree.leaves(_final_params(tmp_path / "straight")),
                     jax.tree.leaves(_final_params(killed_dir))):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.timeout(300)
+def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
+    """A real multi-host run on one machine: jax.distributed over gloo (NOTES.md #8)."""
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    steps = "--config.trainer.num_steps=20"
+    processes = [_launch_process(tmp_path / "two", steps, "--coordinator", f"127.0.0.1:{port}",
+                                 "--num_processes", "2", "--process_id", str(i),
+                                 env={"XLA_FLAGS": ""}) for i in range(2)]
+    single = _launch_process(tmp_path / "one", steps, env={"XLA_FLAGS": ""})
+    for process in (*processes, single):
+        _, err = process.communicate(timeout=240)
+        assert process.returncode == 0, err[-3000:]
+    for a, b in zip(jax.tree.leaves(_final_params(tmp_path / "one")),
+                    jax.tree.leaves(_final_params(tmp_path / "two"))):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
