@@ -592,6 +592,16 @@ def sharded_margin_softmax_loss(embeddings: Array, class_weights: Array, labels:
 # The unit-norm constraint as an optimizer transformation.
 
 
+def _sum_of_squares(x: Array, axis) -> Array:
+    """Σ x² over `axis`, keepdims. For the columns of a 2-D kernel it is a ones-row matmul:
+    XLA:CPU reduces a row-major (D, C) array over its major axis ~100× slower than a GEMV
+    (0.37 s against 3 ms at 128 × 90k, measured by the sentence-similarity benchmark)."""
+    if x.ndim == 2 and axis in (0, (0,)):
+        ones = jnp.ones((1, x.shape[0]), x.dtype)
+        return jnp.matmul(ones, jnp.square(x), precision=lax.Precision.HIGHEST)  # [1, C]
+    return jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+
+
 def project_to_unit_norm(axis: int | tuple[int, ...] = 0,
                          eps: float = 1e-12) -> optax.GradientTransformation:
     """Keras's ``unit_norm(axis)`` constraint: a projection after the update (SPEC §0.1).
@@ -623,7 +633,7 @@ def project_to_unit_norm(axis: int | tuple[int, ...] = 0,
         def project(update, param):
             dtype = _compute_dtype(param.dtype)
             moved = param.astype(dtype) + update.astype(dtype)
-            norm = jnp.sqrt(jnp.sum(jnp.square(moved), axis=axis, keepdims=True))
+            norm = jnp.sqrt(_sum_of_squares(moved, axis))
             projected = moved / jnp.maximum(norm, eps)
             return (projected - param.astype(dtype)).astype(update.dtype)
 

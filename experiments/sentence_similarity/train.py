@@ -64,7 +64,9 @@ def classification_loss(params, model, token_ids, labels, loss_config):
     else:
         cos = z @ kernel                                           # [B, C]
         losses = margin_softmax.margin_softmax_loss(cos, labels, **kwargs)
-        accuracy = jnp.mean(jnp.argmax(cos, axis=-1) == labels)
+        # "the target is the nearest centre", without an argmax (slow on XLA:CPU at 90k).
+        target = jnp.take_along_axis(cos, labels[:, None], axis=-1)[:, 0]
+        accuracy = jnp.mean(target >= jnp.max(cos, axis=-1))
     return jnp.mean(losses), accuracy
 
 
