@@ -1,0 +1,258 @@
+"""Tests for kernels/attention.py: index sets, parity with the dense reference, memory, errors."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels import attention as attn
+from kernels.attention import Atrous, Fixed, Full, Local, Sparse, Strided
+
+ALL_PATTERNS = [Full(), Atrous(1), Atrous(2), Atrous(5), Local(1), Local(3), Local(9),
+                Local(4, 2), Local(2, 3), Sparse(1), Sparse(3), Sparse(6), Strided(1),
+                Strided(4), Strided(7), Fixed(1, 1), Fixed(4, 1), Fixed(6, 6), Fixed(8, 3)]
+
+
+def enumerate_allowed(pattern, i, length):
+    """A(i) built constructively from SPEC §4.2 / §4.5 by walking offsets, not by a formula."""
+    if isinstance(pattern, Full):
+        keys = set(range(length))
+    elif isinstance(pattern, Atrous):
+        keys = {i + m * pattern.rate for m in range(-length, length + 1)}
+    elif isinstance(pattern, Local):
+        k, d = pattern.radius, pattern.dilation
+        keys = {i + m * d for m in range(-k, k + 1)}
+    elif isinstance(pattern, Sparse):
+        r = pattern.rate
+        keys = {i + m for m in range(-(r - 1), r)} | {i + m * r for m in range(-length, length + 1)}
+    elif isinstance(pattern, Strided):
+        step = pattern.stride
+        keys = set(range(max(0, i - step), i + 1)) | {i - m * step for m in range(length + 1)}
+    elif isinstance(pattern, Fixed):
+        step, c = pattern.stride, pattern.summary
+        own_block = set(range(i // step * step, i + 1))
+        summaries = {b * step + col for b in range(length // step + 1)
+                     for col in range(step - c, step)}
+        keys = own_block | {j for j in summaries if j <= i}
+    else:
+        raise AssertionError(pattern)
+    return {j for j in keys if 0 <= j < length}
+
+
+def brute_force_mask(pattern, length, causal=False):
+    mask = np.zeros((length, length), bool)
+    for i in range(length):
+        for j in enumerate_allowed(pattern, i, length):
+            mask[i, j] = not causal or j <= i
+    return mask
+
+
+def random_inputs(seed, batch, length, heads, head_dim=8, value_dim=None, p_valid=0.8):
+    rng = np.random.default_rng(seed)
+    shape = (batch, length, heads, head_dim)
+    q, k = rng.normal(size=shape), rng.normal(size=shape)
+    v = rng.normal(size=shape[:3] + (value_dim or head_dim,))
+    key_mask = rng.random((batch, length)) < p_valid
+    cotangent = rng.normal(size=v.shape)
+    return [jnp.asarray(x, jnp.float32) for x in (q, k, v, cotangent)] + [jnp.asarray(key_mask)]
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "pattern", "causal"))
+def output_and_grads(q, k, v, key_mask, cotangent, fn, pattern, causal):
+    """fn's output and the vector-Jacobian product with ``cotangent`` w.r.t. q, k, v."""
+    out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, pattern, causal=causal, key_mask=key_mask),
+                       q, k, v)
+    return (out,) + vjp(cotangent)
+
+
+def assert_matches_reference(pattern, causal, q, k, v, key_mask, cotangent):
+    args = (q, k, v, key_mask, cotangent)
+    fast = output_and_grads(*args, fn=attn.attention, pattern=pattern, causal=causal)
+    slow = output_and_grads(*args, fn=attn.reference_attention, pattern=pattern, causal=causal)
+    for name, got, want in zip(("out", "dq", "dk", "dv"), fast, slow):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{name} {pattern}")
+
+
+# ------------------------------------------------------------------------------------------
+# Index sets.
+
+
+@pytest.mark.parametrize("pattern", ALL_PATTERNS, ids=repr)
+@pytest.mark.parametrize("length", [1, 7, 24])
+def test_allows_matches_brute_force_enumeration(pattern, length):
+    i = np.arange(length)
+    got = np.asarray(pattern.allows(i[:, None], i[None, :]))
+    np.testing.assert_array_equal(got, brute_force_mask(pattern, length))
+
+
+@pytest.mark.parametrize("pattern", ALL_PATTERNS, ids=repr)
+def test_dense_mask_with_causal_adds_j_at_most_i(pattern):
+    np.testing.assert_array_equal(attn.dense_mask(pattern, 13, causal=True),
+                                  brute_force_mask(pattern, 13, causal=True))
+
+
+def test_sparse_transformer_patterns_are_causal_by_definition():
+    for pattern in (Strided(3), Fixed(4, 2)):
+        mask = brute_force_mask(pattern, 20)
+        assert not np.triu(mask, 1).any()
+
+
+def test_allows_broadcasts_and_patterns_are_static_jit_args():
+    assert Local(2).allows(np.arange(4)[:, None], 1).shape == (4, 1)
+    assert bool(Atrous(3).allows(7, 1)) and not bool(Atrous(3).allows(7, 2))
+    assert hash(Local(2, 3)) == hash(Local(2, 3)) and Local(2, 3) != Local(2)
+    q = jnp.ones((1, 6, 1, 4))
+    jitted = jax.jit(attn.attention, static_argnames=("pattern", "causal"))
+    np.testing.assert_allclose(jitted(q, q, q, Sparse(2)), q, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# The reference itself, by hand.
+
+
+def test_reference_matches_hand_written_softmax():
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.normal(size=(1, 5, 1, 3)) for _ in range(3))
+    key_mask = np.array([[True, True, False, True, True]])
+    expected = np.zeros((5, 3))
+    for i in range(5):
+        keys = [j for j in (i - 1, i, i + 1) if 0 <= j < 5 and key_mask[0, j]]
+        logits = [float(q[0, i, 0] @ k[0, j, 0]) / math.sqrt(3) for j in keys]
+        weights = np.exp(np.array(logits) - max(logits))
+        weights /= weights.sum()
+        expected[i] = sum(w * v[0, j, 0] for w, j in zip(weights, keys))
+    got = jax.jit(attn.reference_attention, static_argnames="pattern")(
+        *(jnp.asarray(x, jnp.float32) for x in (q, k, v)), Local(1), key_mask=key_mask)
+    np.testing.assert_allclose(got[0, :, 0], expected, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# The efficient kernels against the reference, values and gradients.
+
+
+@settings(max_examples=12, deadline=None)
+@given(pattern=st.sampled_from(ALL_PATTERNS), length=st.sampled_from([1, 6, 23, 70]),
+       heads=st.sampled_from([1, 2]), causal=st.booleans(), seed=st.integers(0, 2**16),
+       p_valid=st.sampled_from([1.0, 0.7]))
+def test_attention_matches_reference(pattern, length, heads, causal, seed, p_valid):
+    inputs = random_inputs(seed, 2, length, heads, p_valid=p_valid)
+    q, k, v, cotangent, key_mask = inputs
+    assert_matches_reference(pattern, causal, q, k, v, key_mask, cotangent)
+
+
+@pytest.mark.parametrize("pattern, causal, chunk_bytes", [
+    (Local(7, 3), True, 1 << 10), (Sparse(17), False, 2 << 10), (Fixed(32, 5), False, 16 << 10),
+    (Atrous(4), True, 1 << 10),
+], ids=repr)
+def test_attention_matches_reference_in_many_chunks(pattern, causal, chunk_bytes, monkeypatch):
+    """Small chunks: many loop iterations, padded chunks, groups cut into query blocks.
+
+    The length 301 is used by no other test, so no kernel compiled with the default chunk
+    size is taken from the jit cache.
+    """
+    monkeypatch.setattr(attn, "_CHUNK_BYTES", chunk_bytes)
+    q, k, v, cotangent, key_mask = random_inputs(1, 1, 301, 2, value_dim=5)
+    assert_matches_reference(pattern, causal, q, k, v, key_mask, cotangent)
+
+
+@pytest.mark.parametrize("lo, hi, block", [(0, 0, 1), (-3, 0, 2), (-3, 3, 5), (-7, 2, 16),
+                                           (-7, 7, 4), (-1, 1, 36)])
+def test_band_attention_any_block_size(lo, hi, block):
+    q, k, v, _, key_mask = random_inputs(2, 1, 37, 1)
+    q, k, v = (x[0] for x in (q, k, v))  # [37, 1, 8]: sequence first, one batch axis
+    key_valid = key_mask[0, :, None, None]
+
+    def dense_band(o):
+        return (-o >= lo) & (-o <= hi)
+
+    want = jax.jit(functools.partial(attn._residue_attention, rate=1,
+                                     allowed_offsets=dense_band))(q, k, v, key_valid)
+    got = jax.jit(functools.partial(attn._band_attention, lo=lo, hi=hi, block=block))(
+        q, k, v, key_valid)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pattern", [Atrous(2), Local(2, 3), Sparse(3), Strided(4), Fixed(4, 1)],
+                         ids=repr)
+def test_queries_without_keys_give_zeros_and_finite_grads(pattern):
+    q, k, v, cotangent, _ = random_inputs(3, 2, 23, 2)
+    key_mask = np.zeros((2, 23), bool)
+    key_mask[1, -1] = True  # batch 0: no key at all; batch 1: with causal, only the last query
+    out, dq, dk, dv = output_and_grads(q, k, v, jnp.asarray(key_mask), cotangent,
+                                       fn=attn.attention, pattern=pattern, causal=True)
+    has_key = (attn.dense_mask(pattern, 23, causal=True)[None] & key_mask[:, None, :]).any(-1)
+    assert not has_key[0].any() and not has_key[1, :-1].any()
+    for grad in (out, dq, dk, dv):
+        assert np.isfinite(np.asarray(grad)).all()
+    np.testing.assert_array_equal(np.asarray(out)[~np.asarray(has_key)], 0.0)
+    np.testing.assert_array_equal(np.asarray(dq)[~np.asarray(has_key)], 0.0)
+    np.testing.assert_array_equal(np.asarray(dk)[0], 0.0)
+    np.testing.assert_array_equal(np.asarray(dv)[0], 0.0)
+
+
+# ------------------------------------------------------------------------------------------
+# No N×N buffer.
+
+
+MEMORY_CHECK_LENGTH = 4096
+ONE_N_BY_N = MEMORY_CHECK_LENGTH**2 * 4  # bytes of one float32 [N, N] array
+
+
+def _temp_bytes(fn, pattern):
+    """Temporary bytes of the compiled forward + backward pass, batch 1, one head."""
+    x = jax.ShapeDtypeStruct((1, MEMORY_CHECK_LENGTH, 1, 16), jnp.float32)
+
+    def loss(q, k, v):
+        return jnp.sum(fn(q, k, v, pattern, causal=False))
+
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_memory_check_sees_the_reference_n_by_n_buffer():
+    assert _temp_bytes(attn.reference_attention, Local(8)) >= ONE_N_BY_N
+
+
+@pytest.mark.parametrize("pattern", [Full(), Atrous(16), Local(8, 4), Sparse(64), Strided(64),
+                                     Fixed(64, 4)], ids=repr)
+def test_no_n_by_n_buffer_forward_and_backward(pattern):
+    assert _temp_bytes(attn.attention, pattern) < ONE_N_BY_N / 4
+
+
+# ------------------------------------------------------------------------------------------
+# Bad input.
+
+
+def test_pattern_arguments_are_validated():
+    for make, match in [(lambda: Atrous(0), "Atrous rate"), (lambda: Local(0), "Local radius"),
+                        (lambda: Local(2, 0), "Local dilation"), (lambda: Sparse(-1), "Sparse"),
+                        (lambda: Strided(0), "Strided stride"), (lambda: Local(2.5), "radius"),
+                        (lambda: Fixed(4, 0), "Fixed summary"),
+                        (lambda: Fixed(4, 5), r"summary must lie in \[1, stride=4\]")]:
+        with pytest.raises(ValueError, match=match):
+            make()
+
+
+@pytest.mark.parametrize("fn", [attn.attention, attn.reference_attention])
+def test_shapes_are_validated_before_tracing(fn):
+    q = jnp.zeros((2, 6, 3, 4))
+    cases = [
+        (dict(q=q[..., 0], k=q, v=q), r"q must have shape .*\(2, 6, 3\)"),
+        (dict(q=q, k=q[:, :5], v=q), r"k must have the shape of q \(2, 6, 3, 4\), got \(2, 5"),
+        (dict(q=q, k=q, v=q[:, :, :2]), r"v must have shape .*got \(2, 6, 2, 4\)"),
+        (dict(q=q, k=q, v=q, key_mask=jnp.ones((2, 5), bool)),
+         r"key_mask must have shape \(batch, length\) = \(2, 6\).*got \(2, 5\)"),
+        (dict(q=q, k=q.astype(jnp.int32), v=q), r"must be floating point, got float32, int32"),
+    ]
+    for kwargs, match in cases:
+        kwargs.setdefault("key_mask", None)
+        with pytest.raises(ValueError, match=match):
+            fn(kwargs["q"], kwargs["k"], kwargs["v"], Local(1), key_mask=kwargs["key_mask"])
+    with pytest.raises(TypeError, match="pattern must be one of"):
+        fn(q, q, q, "local")
