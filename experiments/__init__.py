@@ -14,7 +14,7 @@ import types
 from experiments.configs import ConfigError
 
 # The experiments that have landed, in the order `python launch.py` lists them.
-EXPERIMENTS = ("sentence_similarity",)
+EXPERIMENTS = ("sentence_similarity", "gan", "sparse_lm")
 
 
 def load(name: str) -> types.ModuleType:

@@ -1,0 +1,675 @@
+"""WGAN-div critic step: the penalty's double-backward cost over the plain step, JAX vs PyTorch.
+
+What is timed (CPU, float32, one process): one update of the seed's critic (SPEC §2.3), i.e.
+the DCGAN critic of `models.dcgan` with batch norm in training mode, the real and the fake
+batch through it in separate calls, the loss E[T(fake)] − E[T(real)] (`kernels.gan_losses`)
+plus, for the penalised step, the W-div penalty k·½·(E_real‖∇ₓT‖^p + E_fake‖∇ₓT‖^p) with
+k = 2, p = 6 (`kernels.gradient_penalty.wgan_div_penalty`, strategy ``real_and_fake``), then
+Adam(2e-4, β1 0.5, β2 0.999, ε 1e-7: SPEC §2.3, Keras's ε of SPEC §0.1). The full size is the
+§2.4/§2.5 one, 64×64 at batch 64; ``quick`` is 32×32 at batch 8.
+
+The generator is left out in both frameworks: the fake batch is a fixed tensor, so each row
+times the critic's update alone and the two frameworks do the same work. Real and fake
+images are synthetic (U(−1, 1) and tanh of a normal draw); the time does not depend on them.
+
+PyTorch runs an equivalent critic (``torch_critic``), checked against the flax one with
+copied weights before anything is timed (``compare_with_torch``): the critic's scores, both
+loss terms and the penalty's gradient with respect to every weight must agree. TensorFlow's
+'same' padding of a 5×5, stride-2 conv pads 1 row/column before and 2 after (the odd pixel
+goes after); ``nn.Conv2d`` pads symmetrically, so each conv is preceded by an explicit
+``nn.ZeroPad2d((1, 2, 1, 2))`` and runs with ``padding=0``. flax's ``padding="SAME"`` is
+TensorFlow's rule, so the two nets see the same windows.
+
+Findings (each backed by rows of the table):
+
+1. XLA:CPU's algebraic simplifier swaps the operands of a convolution whose input is
+   spatially smaller than its kernel. The input gradient of the last conv (8×8 → 4×4) is
+   such a convolution (a 4×4 gradient against the 5×5 kernel); after the swap it carries a
+   window reversal, which XLA:CPU has no fast kernel for. It runs at about 0.5 GFLOP/s
+   (group "last conv ∇ₓ"), dominates the plain step and, multiplied by the double backward,
+   the penalised one. No XLA:CPU flag turns the swap off (oneDNN and XNNPACK do not take the
+   convolution either); compiling without ``algsimp`` avoids it but slows the rest.
+2. Lowering every conv to one matmul over extracted windows (``patch_matmul_conv``, a
+   drop-in for ``lax.conv_general_dilated`` that ``nn.Conv(conv_general_dilated=...)``
+   accepts) leaves XLA only slices, pads and dots, at any order of differentiation.
+3. ``wgan_div_penalty`` takes a critic callable and runs its forward pass again inside
+   ∇ₓ, apart from the loss's own forward on the same batch, and the gradient with respect
+   to the weights then goes back through both. Taking the scores and ∇ₓ from one
+   ``jax.vjp`` per batch (what PyTorch's autograd.grad on the scores and the seed's
+   K.gradients do) removes that pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from experiments.benchmarks import harness
+from kernels import gan_losses
+from kernels import gradient_penalty
+from models import dcgan
+
+K, P = 2.0, 6.0                            # SPEC §2.2–§2.3: the seed's W-div k and p
+LEARNING_RATE, BETA1, BETA2 = 2e-4, 0.5, 0.999  # SPEC §2.3
+ADAM_EPS = 1e-7                            # Keras's Adam ε (SPEC §0.1)
+KERAS_BN_EPS, KERAS_BN_MOMENTUM = 1e-3, 0.99    # SPEC §0.1; PyTorch's momentum is 1 − 0.99
+NEGATIVE_SLOPE = 0.2                       # SPEC §2.3: LeakyReLU(0.2) in the W-div critic
+
+CONVS = ("xla", "patch_matmul")
+PENALTIES = (None, "kernel", "shared_forward")
+
+# Relative tolerances of the float32 PyTorch/JAX agreement check (norm of the difference over
+# the norm). In float64 the two agree to ~1e-14; in float32 PyTorch's double backward is the
+# noisier one: its ∂penalty/∂weights is off its own float64 value by up to ~7e-4 (measured
+# at 64 px, batch 4; JAX's by ~2e-6), hence a looser bound on gradients than on values.
+VALUE_RTOL = 1e-4
+GRADIENT_RTOL = 3e-3
+
+
+class Size(NamedTuple):
+    resolution: int
+    batch: int
+
+
+FULL = Size(resolution=64, batch=64)   # SPEC §2.4–§2.5: 64×64, batch 64
+QUICK = Size(resolution=32, batch=8)
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+# ----------------------------------------------------------------------------------------
+# A convolution XLA:CPU differentiates well: windows, then one matmul.
+
+
+def _explicit_padding(lhs_shape, rhs_shape, strides, padding) -> list[tuple[int, int]]:
+    if isinstance(padding, str):
+        return list(lax.padtype_to_pads(lhs_shape[1:3], rhs_shape[:2], strides, padding))
+    return [tuple(pair) for pair in padding]
+
+
+def _strided_windows(x: jax.Array, axis: int, size: int, stride: int, count: int):
+    """Stacks x[..., i + stride·t, ...] (t < count) for i < size on a new axis after `axis`."""
+    return jnp.stack(
+        [lax.slice_in_dim(x, i, i + stride * (count - 1) + 1, stride, axis) for i in range(size)],
+        axis=axis + 1,
+    )
+
+
+def patch_matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                      dimension_numbers=None, feature_group_count=1, precision=None,
+                      preferred_element_type=None) -> jax.Array:
+    """``lax.conv_general_dilated`` for 2-D NHWC × HWIO convs, as a matmul over windows.
+
+    Every kh×kw window of the padded input is gathered with kh + kw strided slices into
+    (B, Ho, kh, Wo, kw, C) and contracted with the kernel in one ``einsum``. Its
+    derivatives of any order are pads, slices and dots, which XLA:CPU runs at matmul speed,
+    whereas it runs some gradient convolutions of a strided conv as slow loops (module
+    docstring, finding 1). The price is the windows' memory: kh·kw/(sh·sw) times the input.
+
+    Args:
+      lhs: (B, H, W, C) input.
+      rhs: (kh, kw, C, O) kernel.
+      window_strides: (sh, sw).
+      padding: "SAME", "VALID" or ((lo, hi), (lo, hi)), as ``lax.conv_general_dilated``.
+      lhs_dilation, rhs_dilation: None or all ones (dilations are not supported).
+      dimension_numbers: None or NHWC/HWIO/NHWC (what ``flax.linen.Conv`` passes).
+      feature_group_count: must be 1.
+      precision: passed to the contraction.
+      preferred_element_type: the output dtype of the contraction, or None.
+
+    Returns:
+      (B, Ho, Wo, O), the same values as ``lax.conv_general_dilated``.
+
+    Raises:
+      ValueError: an unsupported layout, dilation or grouping.
+    """
+    lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+    if lhs.ndim != 4 or rhs.ndim != 4 or lhs.shape[3] != rhs.shape[2]:
+        raise ValueError(f"patch_matmul_conv needs lhs (B, H, W, C) and rhs (kh, kw, C, O), "
+                         f"got lhs {lhs.shape} and rhs {rhs.shape}")
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+    if dimension_numbers is not None and lax.conv_dimension_numbers(
+            lhs.shape, rhs.shape, dimension_numbers) != nhwc:
+        raise ValueError(f"patch_matmul_conv supports NHWC/HWIO/NHWC only, got "
+                         f"dimension_numbers={dimension_numbers}")
+    for name, dilation in (("lhs_dilation", lhs_dilation), ("rhs_dilation", rhs_dilation)):
+        if dilation is not None and any(d != 1 for d in dilation):
+            raise ValueError(f"patch_matmul_conv does not support {name}={dilation}")
+    if feature_group_count != 1:
+        raise ValueError(f"patch_matmul_conv needs feature_group_count=1, "
+                         f"got {feature_group_count}")
+    (kh, kw), (sh, sw) = rhs.shape[:2], tuple(window_strides)
+    (top, bottom), (left, right) = _explicit_padding(lhs.shape, rhs.shape, (sh, sw), padding)
+    padded = lax.pad(lhs, jnp.zeros((), lhs.dtype),
+                     ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+    out_h = (padded.shape[1] - kh) // sh + 1
+    out_w = (padded.shape[2] - kw) // sw + 1
+    rows = _strided_windows(padded, 1, kh, sh, out_h)     # [B, Ho, kh, Wp, C]
+    windows = _strided_windows(rows, 3, kw, sw, out_w)    # [B, Ho, kh, Wo, kw, C]
+    return jnp.einsum("bhiwjc,ijco->bhwo", windows, rhs, precision=precision,
+                      preferred_element_type=preferred_element_type)
+
+
+def _use_patch_matmul_convs(next_fun, args, kwargs, context):
+    """A flax method interceptor: runs every ``nn.Conv`` with ``patch_matmul_conv``.
+
+    The conv is re-applied as a clone with ``conv_general_dilated=patch_matmul_conv`` and
+    the intercepted module's own parameters, so padding, bias and dtype handling stay
+    flax's. This is what ``models.dcgan.Critic`` would do if it passed the conv function
+    through to ``nn.Conv``; here it changes nothing in the model's code or parameters.
+    """
+    module = context.module
+    if (type(module) is not nn.Conv or context.method_name != "__call__"
+            or module.is_initializing() or module.conv_general_dilated is patch_matmul_conv):
+        return next_fun(*args, **kwargs)
+    conv = module.clone(parent=None, name=None, conv_general_dilated=patch_matmul_conv)
+    return conv.apply({"params": module.variables["params"]}, *args, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------
+# The JAX critic step.
+
+CriticApply = Callable[[dict, jax.Array], tuple[jax.Array, dict]]
+
+
+def critic_apply(model: nn.Module, conv: str = "xla") -> CriticApply:
+    """The critic in training mode: (variables, x (B, R, R, 3)) → (scores (B,), state).
+
+    Args:
+      model: a ``models.dcgan.Critic``.
+      conv: "xla" (``lax.conv_general_dilated``, the model as it is) or "patch_matmul".
+
+    Returns:
+      A function of the critic's variables and a batch giving its scores and its updated
+      ``{"batch_stats": ...}`` (each call normalises with its own batch's statistics).
+    """
+    if conv not in CONVS:
+        raise ValueError(f"conv must be one of {CONVS}, got {conv!r}")
+
+    def apply(variables, x):
+        return model.apply(variables, x, train=True, mutable=["batch_stats"])
+
+    if conv == "xla":
+        return apply
+
+    def apply_with_patch_matmul_convs(variables, x):
+        with nn.intercept_methods(_use_patch_matmul_convs):
+            return apply(variables, x)
+
+    return apply_with_patch_matmul_convs
+
+
+def _scores_and_input_gradient(apply: CriticApply, variables, x):
+    """One forward pass giving the scores, the new state and ∇ₓ Σ_b scores_b (SPEC §2.3)."""
+    (scores, state), pullback = jax.vjp(lambda batch: apply(variables, batch), x)
+    (gradient,) = pullback((jnp.ones_like(scores), jax.tree.map(jnp.zeros_like, state)))
+    return scores, state, gradient
+
+
+def _mean_norm_power(gradient: jax.Array) -> jax.Array:
+    # ‖g‖^p = (Σ g²)^{p/2}; p/2 = 3 ≥ 1 has a finite derivative at g = 0 (no square root).
+    squared = jnp.sum(jnp.square(gradient.reshape(gradient.shape[0], -1)), axis=1)
+    return jnp.mean(squared ** (P / 2))
+
+
+def _check_penalty(penalty) -> None:
+    if penalty not in PENALTIES:
+        raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
+
+
+def jax_critic_loss(params, batch_stats, x_real, x_fake, *, apply: CriticApply,
+                    penalty: str | None):
+    """The seed's critic loss E[T(fake)] − E[T(real)] (+ the W-div penalty), SPEC §2.3.
+
+    Args:
+      params, batch_stats: the critic's variables.
+      x_real, x_fake: (B, R, R, 3) float32 batches, each through the critic in its own call.
+      apply: from ``critic_apply``.
+      penalty: None (plain step); "kernel": ``wgan_div_penalty`` (k = 2, p = 6,
+        ``real_and_fake``), which runs the critic's forward pass again inside ∇ₓ;
+        "shared_forward": the same penalty from the scores' own ``jax.vjp``, one forward
+        pass per batch as in PyTorch and in the seed.
+
+    Returns:
+      (loss, (batch_stats after the real then the fake call, {"wasserstein", "penalty"})),
+      scalars float32.
+    """
+    _check_penalty(penalty)
+    variables = {"params": params, "batch_stats": batch_stats}
+    if penalty == "shared_forward":
+        real_scores, state, real_gradient = _scores_and_input_gradient(apply, variables, x_real)
+        fake_scores, state, fake_gradient = _scores_and_input_gradient(
+            apply, {"params": params, **state}, x_fake)
+        penalty_value = K * (_mean_norm_power(real_gradient) + _mean_norm_power(fake_gradient)) / 2
+    else:
+        real_scores, state = apply(variables, x_real)
+        fake_scores, state = apply({"params": params, **state}, x_fake)
+        penalty_value = jnp.zeros((), jnp.float32)
+        if penalty == "kernel":
+            penalty_value = gradient_penalty.wgan_div_penalty(
+                lambda x: apply(variables, x)[0], x_real, x_fake, k=K, p=P,
+                strategy="real_and_fake")
+    wasserstein = gan_losses.wasserstein_critic_loss(real_scores, fake_scores)
+    terms = {"wasserstein": wasserstein, "penalty": penalty_value}
+    return wasserstein + penalty_value, (state["batch_stats"], terms)
+
+
+def critic_optimizer() -> optax.GradientTransformation:
+    """Adam(2e-4, β1 0.5, β2 0.999) with Keras's ε (SPEC §2.3, §0.1)."""
+    return optax.adam(LEARNING_RATE, b1=BETA1, b2=BETA2, eps=ADAM_EPS)
+
+
+def jax_critic_step(model: nn.Module, *, conv: str = "xla", penalty: str | None = None):
+    """One critic update, a pure function to jit.
+
+    Args:
+      model: a ``models.dcgan.Critic``.
+      conv: see ``critic_apply``.
+      penalty: see ``jax_critic_loss``.
+
+    Returns:
+      step(params, batch_stats, opt_state, x_real, x_fake) → (params, batch_stats,
+      opt_state, loss), the optimiser being ``critic_optimizer()``.
+    """
+    _check_penalty(penalty)
+    apply, optimizer = critic_apply(model, conv), critic_optimizer()
+    loss_and_grad = jax.value_and_grad(
+        functools.partial(jax_critic_loss, apply=apply, penalty=penalty), has_aux=True)
+
+    def step(params, batch_stats, opt_state, x_real, x_fake):
+        (loss, (batch_stats, _)), grads = loss_and_grad(params, batch_stats, x_real, x_fake)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+
+    return step
+
+
+# ----------------------------------------------------------------------------------------
+# The PyTorch critic step.
+
+
+def tf_same_padding(size: int, kernel_size: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's 'same' padding of one spatial axis: (before, after), the odd one after."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel_size - size, 0)
+    return total // 2, total - total // 2
+
+
+def torch_critic(resolution: int, base_channels: int = 64, kernel_size: int = 5):
+    """The PyTorch twin of ``models.dcgan.Critic`` (W-div row, SPEC §2.3), NCHW.
+
+    [ZeroPad2d(TF 'same') → Conv2d k×k/2, no bias → BatchNorm2d (all but the first) →
+    LeakyReLU(0.2)] per width of ``dcgan.critic_widths`` → global average pool →
+    Linear(no bias). BatchNorm2d(eps=1e-3, momentum=0.01) is Keras's (0.99, 1e-3).
+
+    Returns:
+      A ``torch.nn.Sequential`` mapping (B, 3, R, R) to (B,) scores.
+    """
+    from torch import nn as tnn
+
+    layers, channels, size = [], 3, resolution
+    for i, width in enumerate(dcgan.critic_widths(resolution, base_channels)):
+        before, after = tf_same_padding(size, kernel_size, 2)
+        layers += [tnn.ZeroPad2d((before, after, before, after)),
+                   tnn.Conv2d(channels, width, kernel_size, stride=2, bias=False)]
+        if i > 0:  # SPEC §3.1: no BN after the first conv
+            layers.append(tnn.BatchNorm2d(width, eps=KERAS_BN_EPS,
+                                          momentum=1 - KERAS_BN_MOMENTUM))
+        layers.append(tnn.LeakyReLU(NEGATIVE_SLOPE))
+        channels, size = width, -(-size // 2)
+    layers += [tnn.AdaptiveAvgPool2d(1), tnn.Flatten(),
+               tnn.Linear(channels, 1, bias=False), tnn.Flatten(0)]
+    return tnn.Sequential(*layers)
+
+
+def _torch_layers(critic):
+    from torch import nn as tnn
+
+    def of_type(kind):
+        return [m for m in critic if isinstance(m, kind)]
+
+    return of_type(tnn.Conv2d), of_type(tnn.BatchNorm2d), of_type(tnn.Linear)
+
+
+def copy_params_to_torch(params, critic) -> None:
+    """Copies a flax critic's parameters into ``torch_critic`` (in place).
+
+    Conv kernels HWIO → OIHW, BN scale/bias → weight/bias, Dense (F, 1) → Linear (1, F).
+
+    Raises:
+      ValueError: if the two nets do not have the same layers.
+    """
+    import torch
+
+    convs, norms, (linear,) = _torch_layers(critic)
+    names = sorted(params, key=lambda name: (name.split("_")[0], int(name.split("_")[1])))
+    expected = ([f"BatchNorm_{i}" for i in range(len(norms))]
+                + [f"Conv_{i}" for i in range(len(convs))] + ["Dense_0"])
+    if names != expected:
+        raise ValueError(f"flax params {names} do not match the torch critic's layers "
+                         f"{expected}")
+
+    def tensor(array, *axes):
+        return torch.from_numpy(np.array(array).transpose(*axes).copy())
+
+    with torch.no_grad():
+        for i, conv in enumerate(convs):
+            conv.weight.copy_(tensor(params[f"Conv_{i}"]["kernel"], 3, 2, 0, 1))
+        for i, norm in enumerate(norms):
+            norm.weight.copy_(tensor(params[f"BatchNorm_{i}"]["scale"], 0))
+            norm.bias.copy_(tensor(params[f"BatchNorm_{i}"]["bias"], 0))
+        linear.weight.copy_(tensor(params["Dense_0"]["kernel"], 1, 0))
+
+
+def flax_grads_layout(critic) -> dict:
+    """The torch critic's ``.grad`` tensors as numpy arrays in the flax parameter layout."""
+    convs, norms, (linear,) = _torch_layers(critic)
+
+    def array(parameter, *axes):
+        return parameter.grad.detach().numpy().transpose(*axes)
+
+    grads = {f"Conv_{i}": {"kernel": array(c.weight, 2, 3, 1, 0)} for i, c in enumerate(convs)}
+    grads.update({f"BatchNorm_{i}": {"scale": array(n.weight, 0), "bias": array(n.bias, 0)}
+                  for i, n in enumerate(norms)})
+    grads["Dense_0"] = {"kernel": array(linear.weight, 1, 0)}
+    return grads
+
+
+def torch_critic_loss(critic, x_real, x_fake, *, penalised: bool):
+    """The same loss as ``jax_critic_loss`` in PyTorch; the penalty by autograd.grad.
+
+    Args:
+      critic: from ``torch_critic``, in training mode.
+      x_real, x_fake: (B, 3, R, R) float32 tensors, each through the critic in its own call.
+      penalised: add k·½·(mean ‖∇ₓ Σ T(x_real)‖^p + mean ‖∇ₓ Σ T(x_fake)‖^p), the gradients
+        taken with ``create_graph=True`` so that the loss can be differentiated again.
+
+    Returns:
+      (loss, {"wasserstein", "penalty"}), 0-d tensors.
+    """
+    import torch
+
+    x_real = x_real.detach().requires_grad_(penalised)
+    x_fake = x_fake.detach().requires_grad_(penalised)
+    real_scores, fake_scores = critic(x_real), critic(x_fake)
+    wasserstein = fake_scores.mean() - real_scores.mean()
+    penalty = torch.zeros(())
+    if penalised:
+        (real_gradient,) = torch.autograd.grad(real_scores.sum(), x_real, create_graph=True)
+        (fake_gradient,) = torch.autograd.grad(fake_scores.sum(), x_fake, create_graph=True)
+
+        def mean_norm_power(gradient):
+            return gradient.square().flatten(1).sum(1).pow(P / 2).mean()
+
+        penalty = K * (mean_norm_power(real_gradient) + mean_norm_power(fake_gradient)) / 2
+    return wasserstein + penalty, {"wasserstein": wasserstein, "penalty": penalty}
+
+
+def torch_critic_step(critic, optimizer, x_real, x_fake, *, penalised: bool):
+    """One critic update in PyTorch: zero_grad, loss, backward, Adam step. Returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss, _ = torch_critic_loss(critic, x_real, x_fake, penalised=penalised)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def torch_optimizer(critic):
+    """``torch.optim.Adam`` with ``critic_optimizer()``'s settings (same update rule as optax)."""
+    import torch
+
+    return torch.optim.Adam(critic.parameters(), lr=LEARNING_RATE, betas=(BETA1, BETA2),
+                            eps=ADAM_EPS)
+
+
+# ----------------------------------------------------------------------------------------
+# Shared set-up and the like-for-like check.
+
+
+def synthetic_batches(size: Size, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(x_real, x_fake), each (B, R, R, 3) float32 in [−1, 1]: U(−1, 1) and tanh(N(0, 1))."""
+    rng = np.random.default_rng(seed)
+    shape = (size.batch, size.resolution, size.resolution, 3)
+    x_real = rng.uniform(-1.0, 1.0, shape).astype(np.float32)
+    x_fake = np.tanh(rng.standard_normal(shape)).astype(np.float32)
+    return x_real, x_fake
+
+
+def init_critic(size: Size, seed: int = 0):
+    """The W-div critic of ``models.dcgan.CRITICS`` and its initial variables."""
+    model = dcgan.CRITICS["wgan_div"](resolution=size.resolution)
+    x = jnp.zeros((size.batch, size.resolution, size.resolution, 3), jnp.float32)
+    variables = model.init(jax.random.key(seed), x, train=True)
+    return model, variables["params"], variables["batch_stats"]
+
+
+def to_nchw(x: np.ndarray):
+    """A (B, H, W, C) numpy array as a contiguous (B, C, H, W) torch tensor."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def _relative_error(value, reference) -> float:
+    """‖value − reference‖ / ‖reference‖ over all elements (0 when both are 0)."""
+    value, reference = np.asarray(value, np.float64), np.asarray(reference, np.float64)
+    difference, scale = np.linalg.norm(value - reference), np.linalg.norm(reference)
+    return float(difference / scale) if scale > 0 else float(difference)
+
+
+def compare_with_torch(size: Size, seed: int = 0, dtype=np.float32) -> dict[str, float]:
+    """Runs the flax and the torch critic on the same weights and data; relative errors.
+
+    The penalty at initialisation is tiny next to the Wasserstein term, so each term is
+    compared on its own, and the double backward through the penalty by the penalty's own
+    gradient with respect to every weight (largest error over the parameter tensors).
+
+    Args:
+      size: resolution and batch.
+      seed: for the weights and the batches.
+      dtype: np.float32, or np.float64 inside ``jax.enable_x64(True)`` (the two nets then
+        agree to rounding, ~1e-14, which isolates float32 noise from a modelling mismatch).
+
+    Returns:
+      {"scores", "wasserstein", "penalty", "penalty_grad"}: relative errors (norm of the
+      difference over the norm of PyTorch's) of JAX against PyTorch; the Wasserstein
+      term's error is relative to |E T(real)| + |E T(fake)|, as that difference of means
+      may cancel to far less than either; "penalty_value": the JAX penalty itself.
+    """
+    import torch
+
+    model, params, batch_stats = init_critic(size, seed)
+    x_real, x_fake = (x.astype(dtype) for x in synthetic_batches(size, seed))
+    params, batch_stats = jax.tree.map(lambda a: jnp.asarray(a, dtype), (params, batch_stats))
+    apply = critic_apply(model)
+
+    @jax.jit
+    def jax_side(params):
+        def penalty_of(params):
+            _, (_, terms) = jax_critic_loss(params, batch_stats, x_real, x_fake, apply=apply,
+                                            penalty="kernel")
+            return terms["penalty"], terms
+
+        (_, terms), penalty_grads = jax.value_and_grad(penalty_of, has_aux=True)(params)
+        variables = {"params": params, "batch_stats": batch_stats}
+        scores = jnp.stack([apply(variables, x_real)[0], apply(variables, x_fake)[0]])
+        return scores, terms, penalty_grads
+
+    scores, terms, penalty_grads = jax_side(params)
+
+    critic = torch_critic(size.resolution).train()
+    copy_params_to_torch(params, critic)
+    critic = critic.to(getattr(torch, np.dtype(dtype).name))
+    real, fake = to_nchw(x_real), to_nchw(x_fake)
+    torch_scores = torch.stack([critic(real), critic(fake)]).detach().numpy()
+    critic.zero_grad(set_to_none=True)
+    _, torch_terms = torch_critic_loss(critic, real, fake, penalised=True)
+    torch_terms["penalty"].backward()
+    grad_errors = jax.tree.map(_relative_error, penalty_grads, flax_grads_layout(critic))
+    return {
+        "scores": _relative_error(scores, torch_scores),
+        # A difference of two means: its error relative to the means' size, not to itself.
+        "wasserstein": abs(float(terms["wasserstein"]) - torch_terms["wasserstein"].item())
+        / float(np.sum(np.abs(np.mean(torch_scores, axis=1)))),
+        "penalty": _relative_error(terms["penalty"], torch_terms["penalty"].detach().numpy()),
+        "penalty_grad": max(jax.tree.leaves(grad_errors)),
+        "penalty_value": float(terms["penalty"]),
+    }
+
+
+def agreement_passed(errors: dict[str, float]) -> bool:
+    """Whether ``compare_with_torch``'s errors are within VALUE_RTOL / GRADIENT_RTOL."""
+    values_ok = all(errors[name] <= VALUE_RTOL for name in ("scores", "wasserstein", "penalty"))
+    return values_ok and errors["penalty_grad"] <= GRADIENT_RTOL
+
+
+# ----------------------------------------------------------------------------------------
+# The benchmark.
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _cores() -> int:
+    # XLA:CPU sizes its thread pool by the CPUs this process may run on.
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _last_conv_input_gradient(report: harness.Report, size: Size, repeats: int | None) -> None:
+    """Group "last conv ∇ₓ": the one convolution behind finding 1, three ways."""
+    widths = dcgan.critic_widths(size.resolution)
+    side = dcgan.FEATURE_MAP_SIZE * 2
+    x = jnp.ones((size.batch, side, side, widths[-2]), jnp.float32)
+    kernel = jnp.full((5, 5, widths[-2], widths[-1]), 0.01, jnp.float32)
+    cotangent = jnp.ones((size.batch, side // 2, side // 2, widths[-1]), jnp.float32)
+    flops = 2.0 * cotangent.size * 25 * widths[-2]
+    group = f"{size.resolution}px b{size.batch} last conv ∇ₓ {side}×{side}→{side // 2}×{side // 2}"
+
+    def input_gradient(conv):
+        def gradient(x, kernel, cotangent):
+            _, pullback = jax.vjp(lambda x: conv(x, kernel, (2, 2), "SAME",
+                                                 dimension_numbers=_NHWC), x)
+            return pullback(cotangent)[0]
+        return gradient
+
+    report.time_jax(group, "XLA conv (swapped operands)", input_gradient(lax.conv_general_dilated),
+                    x, kernel, cotangent, baseline=True, flops=flops, repeats=repeats)
+    report.time_jax(group, "patch_matmul_conv", input_gradient(patch_matmul_conv),
+                    x, kernel, cotangent, flops=flops, repeats=repeats)
+    start = time.perf_counter()
+    without_algsimp = jax.jit(input_gradient(lax.conv_general_dilated)).lower(
+        x, kernel, cotangent).compile(compiler_options={"xla_disable_hlo_passes": "algsimp"})
+    compile_s = time.perf_counter() - start
+    report.time_call(group, "XLA conv, compiled without algsimp",
+                     lambda: without_algsimp(x, kernel, cotangent), sync=jax.block_until_ready,
+                     flops=flops, repeats=repeats, xla_compile_s=compile_s)
+
+
+# (label, conv, penalty): the model as it is, then the two changes of findings 2 and 3.
+JAX_VARIANTS = (
+    ("JAX plain, XLA convs", "xla", None),
+    ("JAX penalised, XLA convs", "xla", "kernel"),
+    ("JAX plain, patch-matmul convs", "patch_matmul", None),
+    ("JAX penalised, patch-matmul convs", "patch_matmul", "kernel"),
+    ("JAX penalised, patch-matmul convs, one forward per batch", "patch_matmul",
+     "shared_forward"),
+)
+SLOW_REPEATS = 2
+
+
+def run(report: harness.Report, quick: bool) -> None:
+    """Times the plain and penalised critic steps in JAX and PyTorch (module docstring)."""
+    size = QUICK if quick else FULL
+    repeats = 1 if quick else None
+    group = f"{size.resolution}px b{size.batch} critic step"
+    load_before = os.getloadavg()[0]
+
+    model, params, batch_stats = init_critic(size)
+    x_real, x_fake = synthetic_batches(size)
+    opt_state = critic_optimizer().init(params)
+    state = (params, batch_stats, opt_state, jnp.asarray(x_real), jnp.asarray(x_fake))
+
+    torch = _import_torch()
+    times: dict[str, float] = {}
+    if torch is None:
+        report.note("PyTorch is not installed (the [bench] extra): JAX rows only")
+    else:
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(_cores())
+        try:
+            errors = compare_with_torch(size)
+            verdict = "passed" if agreement_passed(errors) else "FAILED"
+            report.note(
+                f"like-for-like check {verdict} (same weights and batches, PyTorch as reference; "
+                f"tolerances {VALUE_RTOL:g} values, {GRADIENT_RTOL:g} gradients): relative error "
+                f"scores {errors['scores']:.1e}, E[T(fake)] − E[T(real)] "
+                f"{errors['wasserstein']:.1e}, penalty {errors['penalty']:.1e} (value "
+                f"{errors['penalty_value']:.3e}), ∂penalty/∂weights {errors['penalty_grad']:.1e}")
+            critic = torch_critic(size.resolution).train()
+            copy_params_to_torch(params, critic)
+            optimizer = torch_optimizer(critic)
+            real_t, fake_t = to_nchw(x_real), to_nchw(x_fake)
+            shapes = f"float32[{size.batch}, 3, {size.resolution}, {size.resolution}] ×2"
+            for penalised, label in ((True, "PyTorch penalised"), (False, "PyTorch plain")):
+                row = report.time_call(
+                    group, label,
+                    functools.partial(torch_critic_step, critic, optimizer, real_t, fake_t,
+                                      penalised=penalised),
+                    baseline=penalised, repeats=repeats, shapes=shapes,
+                    threads=torch.get_num_threads(),
+                    **({"agreement": errors} if penalised else {}))
+                times[label] = row.median_s
+        finally:
+            torch.set_num_threads(previous_threads)
+
+    for label, conv, penalty in JAX_VARIANTS:
+        # The model as it is runs ~10× slower penalised (finding 1): fewer timed runs.
+        slow = conv == "xla" and penalty is not None and not quick
+        row = report.time_jax(group, label, jax_critic_step(model, conv=conv, penalty=penalty),
+                              *state, repeats=min(report.repeats, SLOW_REPEATS) if slow
+                              else repeats)
+        times[label] = row.median_s
+
+    _last_conv_input_gradient(report, size, repeats)
+    _note_ratios(report, times)
+    report.note(f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, "
+                f"on {os.cpu_count()} cores: other processes shared the CPU if above ~0")
+
+
+def _note_ratios(report: harness.Report, times: dict[str, float]) -> None:
+    def overhead(penalised: str, plain: str) -> str:
+        return f"{times[penalised] / times[plain]:.2f}×"
+
+    xla_plain, xla_penalised, patch_plain, patch_penalised, patch_shared = (
+        label for label, _, _ in JAX_VARIANTS)
+    torch_overhead = (f"; PyTorch {overhead('PyTorch penalised', 'PyTorch plain')} "
+                      "(users report ~5×)" if "PyTorch plain" in times else "")
+    report.note(
+        "penalised / plain step (target ≤ 3×): JAX, XLA convs (models.dcgan as is) "
+        f"{overhead(xla_penalised, xla_plain)}; JAX, patch-matmul convs "
+        f"{overhead(patch_penalised, patch_plain)} through wgan_div_penalty, "
+        f"{overhead(patch_shared, patch_plain)} with one forward per batch{torch_overhead}")
+    if "PyTorch penalised" in times:
+        best = min((label for label, _, penalty in JAX_VARIANTS if penalty), key=times.get)
+        ratio = times["PyTorch penalised"] / times[best]
+        report.note(f"fastest JAX penalised step ({best}) against PyTorch's: "
+                    f"{ratio:.2f}× {'faster' if ratio >= 1 else 'slower'}; PyTorch on "
+                    f"{_cores()} threads, XLA:CPU on {_cores()} cores")
+    report.note("the generator is excluded in both frameworks (a fixed fake batch); "
+                "× baseline = PyTorch's penalised time / the row's time; the penalised "
+                f"XLA-conv row of the full size has {SLOW_REPEATS} timed runs")

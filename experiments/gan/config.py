@@ -1,0 +1,248 @@
+"""Configs of the GAN experiment: WGAN-div and its baselines (SPEC §2).
+
+    python launch.py gan                                   # WGAN-div (seed settings) on the 8-ring
+    python launch.py gan:demo                              # about a minute on 2 CPU cores
+    python launch.py gan:wgan_gp --config.data.mixture=grid
+    python launch.py gan --config.data.kind=images \\
+        --config.data.path=../shared/data/gan_faces/celeba_align_10k --config.data.resolution=64
+    python -m experiments.gan.sweep mixture --seeds 3      # the results tables (README)
+
+Variants are the presets of SPEC §2.3–§2.5 plus "smoke" (tests) and "demo" (`make demo`):
+
+| variant        | loss           | penalty (r(x))                          | D:G | Adam lr,β1,β2|
+|----------------|----------------|-----------------------------------------|-----|--------------|
+| wgan_div ("")  | wasserstein    | W-div k=2, p=6 (real_and_fake), §2.3    | 1:1 | 2e-4,.5,.999 |
+| wgan_div_paper | wasserstein    | W-div k=10, p=6 (real–fake interp) §2.4 | 4:1 | 2e-4, 0, .9  |
+| dcgan          | non_saturating | none, §2.5                              | 1:2 | 2e-4,.5,.999 |
+| wgan_gp        | wasserstein    | GP λ=10, centre 1 (real–fake interp)    | 5:1 | 2e-4,.5,.999 |
+| wgan_sn        | wasserstein    | none; spectrally normalised critic §2.5 | 5:1 | 2e-4,.5,.999 |
+
+Every column is an independent config value: `--config.penalty.kind=r1` on the dcgan preset,
+`--config.steps.critic=5` on wgan_div, and so on.
+
+The default data is the embedded 2-D mixture benchmark (`experiments.gan.mixture`; 8 modes on a
+ring, or 25 on a grid) with the MLP nets of `models.mlp_gan`: it needs no files. With
+`data.kind=images` the preset's DCGAN nets (`models.dcgan.CRITICS` / `GENERATORS`) train on an
+image folder.
+
+Expected (`python -m experiments.gan.sweep mixture`): see results/gan/mixture.md.
+"""
+
+import ml_collections
+
+from experiments import trainer
+from experiments.configs import ConfigError
+
+PRESETS = ("wgan_div", "wgan_div_paper", "dcgan", "wgan_gp", "wgan_sn")
+VARIANTS = ("",) + PRESETS + ("smoke", "demo")
+LOSSES = ("non_saturating", "wasserstein", "hinge")          # kernels.gan_losses
+PENALTIES = ("none", "wgan_div", "wgan_gp", "r1", "r2")       # kernels.gradient_penalty
+DATA_KINDS = ("mixture", "images")
+MIXTURES = ("ring", "grid")                                  # experiments.gan.mixture
+ARCHITECTURES = ("wgan_div", "dcgan", "wgan_gp", "wgan_sn")  # models.dcgan tables
+
+
+def _adam(learning_rate: float, b1: float, b2: float, eps: float) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {"learning_rate": learning_rate, "b1": b1, "b2": b2, "eps": eps})
+
+
+def _base_config() -> ml_collections.ConfigDict:
+    """The seed's WGAN-div (SPEC §2.3) on the embedded mixture benchmark."""
+    config = ml_collections.ConfigDict()
+
+    # The GAN objective (kernels.gan_losses; sign convention: real samples score HIGH).
+    config.loss = "wasserstein"      # SPEC §2.3: D: E[T(fake)] − E[T(real)], G: −E[T(fake)]
+
+    config.penalty = ml_collections.ConfigDict()
+    config.penalty.kind = "wgan_div"  # none | wgan_div | wgan_gp | r1 | r2 (SPEC §2.1, §2.5)
+    config.penalty.k = 2.0            # W-div weight k > 0 (SPEC §2.2–§2.3: k = 2 best)
+    config.penalty.p = 6.0            # W-div power p > 1 (SPEC §2.2–§2.3: p = 6 best)
+    config.penalty.strategy = "real_and_fake"  # r(x), SPEC §2.2 option 4: the seed's (§2.3)
+    config.penalty.weight = 10.0      # λ of wgan_gp (SPEC §2.5), γ of r1 / r2
+    config.penalty.center = 1.0       # wgan_gp's target norm (SPEC §2.5: one-centred)
+
+    # D:G step ratio: one training step = `critic` D updates, then `generator` G updates.
+    config.steps = ml_collections.ConfigDict()
+    config.steps.critic = 1           # SPEC §2.3: 1 D step : 1 G step
+    config.steps.generator = 1
+
+    # Separate optimisers (SPEC §2.3: Adam(2e-4, β1 = 0.5), β2 the Keras default 0.999;
+    # ε = 1e-7 is Keras's (SPEC §0.1)).
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.critic = _adam(2e-4, 0.5, 0.999, 1e-7)
+    config.optimizer.generator = _adam(2e-4, 0.5, 0.999, 1e-7)
+
+    # EMA copy of the generator, used for samples and evaluation. The seed has none; 0.999 is
+    # the author's EMA decay in o_gan_celeba_sm_4x4_ema_256.py (SPEC §3.7). 0 turns it off.
+    config.ema_decay = 0.999
+
+    config.batch_size = 64            # SPEC §2.3 (per D update and per G update)
+
+    config.data = ml_collections.ConfigDict()
+    config.data.kind = "mixture"      # mixture (embedded, issue 6 item 5) | images (folder)
+    config.data.mixture = "ring"      # ring: 8 modes | grid: 25 modes (experiments.gan.mixture)
+    config.data.path = ""             # images: a folder of image files (sub-folders allowed)
+    # images: side of the square crop after resizing. SPEC §2.3 uses 128 on CelebA-HQ; §2.4
+    # and §2.5 use 64, the practical size of the shared 89×109 CelebA files (SOURCES.md).
+    config.data.resolution = 64
+    config.data.skip_bad = False      # images: skip (and count) undecodable files
+    config.data.cache_dir = ""        # images: where the decoded uint8 .npy goes ("": workdir)
+    config.data.num_eval_images = 1000  # images: held-out real images for the SWD
+
+    config.model = ml_collections.ConfigDict()
+    # data.kind=mixture: the MLP nets (models.mlp_gan, WGAN-GP's gan_toy.py sizes).
+    config.model.mlp = ml_collections.ConfigDict()
+    config.model.mlp.z_dim = 2        # gan_toy.py
+    config.model.mlp.width = 512      # gan_toy.py: 3 × 512 ReLU
+    config.model.mlp.num_hidden = 3
+    config.model.mlp.spectral_norm = False  # the WGAN-SN preset wraps every critic layer
+    # data.kind=images: rows of models.dcgan.CRITICS / GENERATORS.
+    config.model.dcgan = ml_collections.ConfigDict()
+    config.model.dcgan.critic = "wgan_div"     # SPEC §2.3 critic (GAP head, LeakyReLU 0.2)
+    config.model.dcgan.generator = "wgan_div"  # SPEC §2.3 generator
+    config.model.dcgan.z_dim = 128             # SPEC §2.3 (100 in the §2.5 baselines)
+    config.model.dcgan.base_channels = 64      # SPEC §2.3: convs 64 → … → 8·R
+    config.model.sn_power_iterations = 1       # wgan_sn critic (models.spectral_norm)
+
+    config.samples = ml_collections.ConfigDict()
+    config.samples.grid_side = 8      # images: an 8×8 grid from a fixed latent batch
+    config.samples.num_points = 2500  # mixture: samples scored and plotted (VEEGAN / PacGAN)
+
+    config.trainer = trainer.default_config()
+    # SPEC §2.3 shows samples at 20k iterations; the mixture needs far fewer (the demo: 2k).
+    config.trainer.num_steps = 20000
+    config.trainer.eval_every = 1000  # samples (grid / scatter) and metrics every N steps
+    config.trainer.checkpoint_every = 1000
+    config.trainer.log_every = 100
+    return config
+
+
+def _apply_preset(config: ml_collections.ConfigDict, preset: str) -> None:
+    """Overwrites the fields a preset of SPEC §2.4 / §2.5 changes (wgan_div is the base)."""
+    if preset == "wgan_div_paper":  # official code (SPEC §2.4)
+        config.penalty.k = 10.0        # LAMBDA = 10 multiplies mean(‖∇‖^6)
+        config.penalty.strategy = "real_fake_interpolation"
+        config.steps.critic = 4
+        config.optimizer.critic = _adam(2e-4, 0.0, 0.9, 1e-8)      # TF Adam's ε
+        config.optimizer.generator = _adam(2e-4, 0.0, 0.9, 1e-8)
+        return
+    if preset == "wgan_div":
+        return
+    # The §2.5 baselines: Keras-default nets at 64 px with z = 100, Adam(2e-4, 0.5).
+    config.model.dcgan.critic = preset
+    config.model.dcgan.generator = preset
+    config.model.dcgan.z_dim = 100
+    if preset == "dcgan":
+        config.loss = "non_saturating"
+        config.penalty.kind = "none"
+        config.steps.generator = 2     # 1 D : 2 G
+    elif preset == "wgan_gp":
+        config.penalty.kind = "wgan_gp"
+        config.penalty.weight = 10.0
+        config.penalty.center = 1.0
+        config.penalty.strategy = "real_fake_interpolation"
+        config.steps.critic = 5
+    elif preset == "wgan_sn":
+        config.penalty.kind = "none"
+        config.model.mlp.spectral_norm = True
+        config.steps.critic = 5
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    """A preset of SPEC §2.3–§2.5, "smoke" or "demo"; "" is the seed's WGAN-div.
+
+    Raises:
+      ConfigError: for an unknown variant.
+    """
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown variant {variant!r} of gan; valid: "
+                          + ", ".join(repr(v) for v in VARIANTS))
+    config = _base_config()
+    if variant in PRESETS:
+        _apply_preset(config, variant)
+    if variant == "demo":
+        # WGAN-div with the seed's settings on the 8-ring; about a minute on 2 CPU cores.
+        config.model.mlp.width = 128
+        config.batch_size = 256       # gan_toy.py's batch
+        config.trainer.num_steps = 3000
+        config.trainer.eval_every = 1000
+        config.trainer.checkpoint_every = 1000
+    if variant == "smoke":
+        config.model.mlp.width = 32
+        config.model.mlp.num_hidden = 2
+        config.batch_size = 16
+        config.samples.num_points = 256
+        config.trainer.num_steps = 20
+        config.trainer.log_every = 5
+        config.trainer.eval_every = 10
+        config.trainer.checkpoint_every = 10
+        config.trainer.progress_bar = False
+    config.lock()
+    return config
+
+
+def _is_power_of_two(value: int) -> bool:
+    return isinstance(value, int) and value > 0 and value & (value - 1) == 0
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks every value `run` depends on, before any data is read or anything is traced.
+
+    Raises:
+      ConfigError: naming the `--config.` key, the value and what is allowed.
+    """
+    def require(condition: bool, key: str, value, allowed: str) -> None:
+        if not condition:
+            raise ConfigError(f"--config.{key}={value!r} is invalid: {allowed}")
+
+    from kernels.gradient_penalty import STRATEGIES
+
+    require(config.loss in LOSSES, "loss", config.loss, f"one of {LOSSES}")
+    penalty = config.penalty
+    require(penalty.kind in PENALTIES, "penalty.kind", penalty.kind, f"one of {PENALTIES}")
+    require(penalty.k > 0, "penalty.k", penalty.k, "k must be > 0 (SPEC §2.1)")
+    require(penalty.p > 1, "penalty.p", penalty.p,
+            "p must be > 1 for W_k,p to be a divergence (SPEC §2.1)")
+    require(penalty.strategy in STRATEGIES, "penalty.strategy", penalty.strategy,
+            f"one of {STRATEGIES} (SPEC §2.2)")
+    require(penalty.weight >= 0, "penalty.weight", penalty.weight, "must be >= 0")
+    for name in ("critic", "generator"):
+        require(config.steps[name] >= 1, f"steps.{name}", config.steps[name], "must be >= 1")
+        adam = config.optimizer[name]
+        require(adam.learning_rate > 0, f"optimizer.{name}.learning_rate",
+                adam.learning_rate, "must be > 0")
+        for beta in ("b1", "b2"):
+            require(0 <= adam[beta] < 1, f"optimizer.{name}.{beta}", adam[beta],
+                    "must be in [0, 1)")
+    require(0 <= config.ema_decay < 1, "ema_decay", config.ema_decay, "must be in [0, 1)")
+    require(config.batch_size >= 1, "batch_size", config.batch_size, "must be >= 1")
+    require(config.data.kind in DATA_KINDS, "data.kind", config.data.kind,
+            f"one of {DATA_KINDS}")
+    require(config.trainer.num_steps >= 1, "trainer.num_steps", config.trainer.num_steps,
+            "must be >= 1")
+    if config.data.kind == "mixture":
+        require(config.data.mixture in MIXTURES, "data.mixture", config.data.mixture,
+                f"one of {MIXTURES}")
+        for name in ("z_dim", "width", "num_hidden"):
+            require(config.model.mlp[name] >= 1, f"model.mlp.{name}", config.model.mlp[name],
+                    "must be >= 1")
+        require(config.samples.num_points >= 1, "samples.num_points",
+                config.samples.num_points, "must be >= 1")
+        return
+    require(bool(config.data.path), "data.path", config.data.path,
+            "data.kind=images needs --config.data.path=FOLDER")
+    resolution = config.data.resolution
+    require(_is_power_of_two(resolution) and resolution >= 32, "data.resolution", resolution,
+            "must be a power of two >= 32 (the DCGAN nets halve it down to 4×4, SPEC §2.3)")
+    dcgan = config.model.dcgan
+    require(dcgan.critic in ARCHITECTURES, "model.dcgan.critic", dcgan.critic,
+            f"one of {ARCHITECTURES}")
+    require(dcgan.generator in ARCHITECTURES, "model.dcgan.generator", dcgan.generator,
+            f"one of {ARCHITECTURES}")
+    for name in ("z_dim", "base_channels"):
+        require(dcgan[name] >= 1, f"model.dcgan.{name}", dcgan[name], "must be >= 1")
+    require(config.samples.grid_side >= 1, "samples.grid_side", config.samples.grid_side,
+            "must be >= 1")
+    require(config.data.num_eval_images >= 2, "data.num_eval_images",
+            config.data.num_eval_images, "must be >= 2")

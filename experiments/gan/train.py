@@ -1,0 +1,478 @@
+"""Training and evaluation of the GAN experiment (SPEC §2): one jitted step, two optimisers.
+
+One training step (the trainer's unit) is one GAN iteration:
+
+1. `steps.critic` critic updates, each on its own real batch and a fresh z. The trainer
+   feeds one batch per step, so the batch holds all of them: "real" is
+   (steps.critic · batch_size, ...) and is reshaped here to (steps.critic, batch_size, ...);
+   the trainer's sharding of axis 0 over the data mesh stays valid. The critic sees real and
+   fake samples in separate calls, so batch norm normalises each with its own statistics
+   (SPEC §0.1, §2.3); its `batch_stats` (BN moving averages, spectral-norm vectors) are
+   threaded from the real call to the fake call and kept.
+2. `steps.generator` generator updates, each with a fresh z (SPEC §2.3: the G step draws
+   its own z batch; §2.5: DCGAN's 1 D : 2 G).
+3. One update of the EMA copy of the generator's parameters (decay min(ema_decay,
+   (1 + t)/(10 + t)) at iteration t, see `ema_decay_at`).
+
+Where a network runs without being trained (the generator inside a critic update, the
+critic inside a generator update, the critic inside the penalty), it runs in training mode
+(batch statistics, as Keras's `fit` does in the seed; a fresh power iteration for spectral
+norm) and the state updates it produces are dropped. The penalty's critic closure in
+particular normalises with the batch statistics of the points it is given but contributes
+nothing to the moving averages: a penalty term must not move the critic's state by being
+evaluated.
+
+Randomness: `key` (the trainer's fold_in(seed, step)) is split into one key per update;
+nothing else is random.
+
+Glossary of shapes: B batch size, n_D critic steps per iteration, Z latent size,
+X one sample ((2,) for mixtures, (R, R, 3) for images).
+"""
+
+import dataclasses
+import functools
+import json
+import pathlib
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from experiments import data as data_lib
+from experiments import trainer
+from experiments.configs import ConfigError
+from experiments.gan import config as config_lib
+from experiments.gan import input_pipeline, mixture, plots
+from kernels import gan_losses, gradient_penalty
+from models import dcgan, mlp_gan
+
+PyTree = dict
+# penalty(critic_fn, x_real, x_fake, key) -> scalar, critic_fn: (B, X) -> (B,)
+PenaltyFn = Callable[[Callable, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Nets:
+    """The two networks and the shapes they exchange.
+
+    Attributes:
+      critic: (B, X) → (B,) scores; called with `train=` keyword.
+      generator: (B, Z) → (B, X); called with `train=` keyword.
+      z_dim: Z.
+      sample_shape: X.
+    """
+
+    critic: nn.Module
+    generator: nn.Module
+    z_dim: int
+    sample_shape: tuple[int, ...]
+
+
+def build_nets(config: ml_collections.ConfigDict) -> Nets:
+    """The MLP nets for mixtures, the configured `models.dcgan` table rows for images."""
+    if config.data.kind == "mixture":
+        mlp = config.model.mlp
+        return Nets(
+            critic=mlp_gan.MLPCritic(width=mlp.width, num_hidden=mlp.num_hidden,
+                                     spectral_norm=mlp.spectral_norm,
+                                     sn_power_iterations=config.model.sn_power_iterations),
+            generator=mlp_gan.MLPGenerator(z_dim=mlp.z_dim, width=mlp.width,
+                                           num_hidden=mlp.num_hidden),
+            z_dim=mlp.z_dim, sample_shape=(2,))
+    model, resolution = config.model.dcgan, config.data.resolution
+    critic_kwargs = dict(resolution=resolution, base_channels=model.base_channels)
+    if model.critic == "wgan_sn":
+        critic_kwargs["sn_power_iterations"] = config.model.sn_power_iterations
+    return Nets(
+        critic=dcgan.CRITICS[model.critic](**critic_kwargs),
+        generator=dcgan.GENERATORS[model.generator](
+            resolution=resolution, z_dim=model.z_dim, base_channels=model.base_channels),
+        z_dim=model.z_dim, sample_shape=(resolution, resolution, 3))
+
+
+def make_optimizers(config: ml_collections.ConfigDict
+                    ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    """(critic, generator) Adam optimisers, one per network (SPEC §2.3)."""
+    def adam(settings):
+        return optax.adam(settings.learning_rate, b1=settings.b1, b2=settings.b2,
+                          eps=settings.eps)
+    return adam(config.optimizer.critic), adam(config.optimizer.generator)
+
+
+def make_penalty(penalty: ml_collections.ConfigDict) -> PenaltyFn:
+    """The configured gradient penalty as `(critic_fn, x_real, x_fake, key) -> scalar`.
+
+    `critic_fn` maps (B, *X) to (B,) scores; the penalties are those of
+    `kernels.gradient_penalty` with the config's static values bound (SPEC §2.1–§2.5).
+    """
+    kind, k, p, strategy = penalty.kind, penalty.k, penalty.p, penalty.strategy
+    weight, center = penalty.weight, penalty.center
+    if kind == "none":
+        return lambda critic_fn, x_real, x_fake, key: jnp.zeros((), jnp.float32)
+    if kind == "wgan_div":
+        return lambda critic_fn, x_real, x_fake, key: gradient_penalty.wgan_div_penalty(
+            critic_fn, x_real, x_fake, k=k, p=p, strategy=strategy, key=key)
+    if kind == "wgan_gp":
+        return lambda critic_fn, x_real, x_fake, key: gradient_penalty.wgan_gp_penalty(
+            critic_fn, x_real, x_fake, key, weight=weight, center=center, strategy=strategy)
+    if kind == "r1":
+        return lambda critic_fn, x_real, x_fake, key: gradient_penalty.r1_penalty(
+            critic_fn, x_real, weight=weight)
+    if kind == "r2":
+        return lambda critic_fn, x_real, x_fake, key: gradient_penalty.r2_penalty(
+            critic_fn, x_fake, weight=weight)
+    raise ConfigError(f"unknown penalty.kind {kind!r}; valid: {config_lib.PENALTIES}")
+
+
+def ema_decay_at(decay: float, step) -> jax.Array:
+    """min(decay, (1 + t)/(10 + t)) at update t = 0, 1, …: the warm-up of TensorFlow's
+    `ExponentialMovingAverage(num_updates=t)`, so that short runs are not dominated by the
+    initial weights."""
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def ema_update(ema_params: PyTree, params: PyTree, decay) -> PyTree:
+    """decay · ema + (1 − decay) · params, leaf by leaf."""
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+def _apply(module: nn.Module, params, collections, x, train: bool = True):
+    """module(x) with `collections` (e.g. batch_stats); returns (output, new collections)."""
+    out, updates = module.apply({"params": params, **collections}, x, train=train,
+                                mutable=["batch_stats"])
+    return out, {**collections, **updates}
+
+
+def make_init_state(nets: Nets, optimizers, batch_size: int) -> Callable:
+    """key → the initial state {"step", "critic": {...}, "generator": {..., "ema_params"}}."""
+    critic_optimizer, generator_optimizer = optimizers
+
+    def init_state(key):
+        critic_key, generator_key = jax.random.split(key)
+        x = jnp.zeros((batch_size, *nets.sample_shape), jnp.float32)
+        z = jnp.zeros((batch_size, nets.z_dim), jnp.float32)
+        critic_vars = dict(nets.critic.init(critic_key, x, train=False))
+        generator_vars = dict(nets.generator.init(generator_key, z, train=False))
+        critic_params = critic_vars.pop("params")
+        generator_params = generator_vars.pop("params")
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "critic": {"params": critic_params, "collections": critic_vars,
+                       "opt_state": critic_optimizer.init(critic_params)},
+            "generator": {"params": generator_params, "collections": generator_vars,
+                          "opt_state": generator_optimizer.init(generator_params),
+                          "ema_params": generator_params},
+        }
+
+    return init_state
+
+
+def make_train_step(nets: Nets, optimizers, gan_loss: gan_losses.GanLoss, penalty_fn: PenaltyFn,
+                    *, critic_steps: int, generator_steps: int, ema_decay: float) -> Callable:
+    """The pure `(state, batch, key) -> (state, metrics)` GAN iteration the trainer jits.
+
+    Args:
+      nets: critic and generator.
+      optimizers: (critic, generator) optax transformations.
+      gan_loss: the critic and generator losses (`kernels.gan_losses`).
+      penalty_fn: added to the critic loss (see `make_penalty`).
+      critic_steps: critic updates per iteration, n_D ≥ 1.
+      generator_steps: generator updates per iteration, ≥ 1.
+      ema_decay: the EMA copy's decay in [0, 1) (with the `ema_decay_at` warm-up).
+
+    Returns:
+      train_step(state, {"real": (n_D·B, *X) uint8 or float}, key); metrics: critic_loss
+      (= "loss", the GAN loss plus the penalty), penalty, w_distance (mean real score − mean
+      fake score), generator_loss and both nets' grad and param norms, each averaged over
+      the iteration's updates.
+    """
+    critic_optimizer, generator_optimizer = optimizers
+
+    def generate(generator, z):
+        fake, _ = _apply(nets.generator, generator["params"], generator["collections"], z)
+        return fake
+
+    def critic_objective(params, collections, x_real, x_fake, key):
+        real_scores, collections = _apply(nets.critic, params, collections, x_real)
+        fake_scores, collections = _apply(nets.critic, params, collections, x_fake)
+
+        def critic_fn(x):  # train-mode BN, its state updates dropped (module docstring)
+            return _apply(nets.critic, params, collections, x)[0]
+
+        penalty = penalty_fn(critic_fn, x_real, x_fake, key)
+        loss = gan_loss.critic(real_scores, fake_scores) + penalty
+        w_distance = jnp.mean(real_scores) - jnp.mean(fake_scores)
+        return loss, (collections, {"critic_loss": loss, "penalty": penalty,
+                                    "w_distance": w_distance})
+
+    def critic_update(generator, critic, inputs):
+        x_real, key = inputs                                   # [B, *X]
+        z_key, penalty_key = jax.random.split(key)
+        z = jax.random.normal(z_key, (x_real.shape[0], nets.z_dim))
+        x_fake = jax.lax.stop_gradient(generate(generator, z))
+        grads, (collections, metrics) = jax.grad(critic_objective, has_aux=True)(
+            critic["params"], critic["collections"], x_real, x_fake, penalty_key)
+        params, opt_state, norms = trainer.apply_updates(
+            critic["params"], grads, critic["opt_state"], critic_optimizer)
+        critic = {"params": params, "collections": collections, "opt_state": opt_state}
+        return critic, {**metrics, "critic_grad_norm": norms["grad_norm"],
+                                     "critic_param_norm": norms["param_norm"]}
+
+    def generator_objective(params, collections, critic, z):
+        fake, collections = _apply(nets.generator, params, collections, z)
+        scores, _ = _apply(nets.critic, critic["params"], critic["collections"], fake)
+        loss = gan_loss.generator(scores)
+        return loss, (collections, loss)
+
+    def generator_update(batch_size, carry, key):
+        critic, generator = carry
+        z = jax.random.normal(key, (batch_size, nets.z_dim))
+        grads, (collections, loss) = jax.grad(generator_objective, has_aux=True)(
+            generator["params"], generator["collections"], critic, z)
+        params, opt_state, norms = trainer.apply_updates(
+            generator["params"], grads, generator["opt_state"], generator_optimizer)
+        generator = {**generator, "params": params, "collections": collections,
+                     "opt_state": opt_state}
+        return (critic, generator), {
+            "generator_loss": loss, "generator_grad_norm": norms["grad_norm"],
+            "generator_param_norm": norms["param_norm"]}
+
+    def train_step(state, batch, key):
+        real = input_pipeline.to_model_range(batch["real"])
+        if real.shape[0] % critic_steps:
+            raise ValueError(f"batch['real'] has {real.shape[0]} samples, not a multiple of "
+                             f"the {critic_steps} critic steps")
+        batch_size = real.shape[0] // critic_steps
+        real = real.reshape(critic_steps, batch_size, *real.shape[1:])  # [n_D, B, *X]
+        critic_key, generator_key = jax.random.split(key)
+        critic, critic_metrics = jax.lax.scan(
+            functools.partial(critic_update, state["generator"]), state["critic"],
+            (real, jax.random.split(critic_key, critic_steps)))
+        (critic, generator), generator_metrics = jax.lax.scan(
+            functools.partial(generator_update, batch_size), (critic, state["generator"]),
+            jax.random.split(generator_key, generator_steps))
+        decay = ema_decay_at(ema_decay, state["step"])
+        generator = {**generator,
+                     "ema_params": ema_update(generator["ema_params"], generator["params"],
+                                              decay)}
+        metrics = {name: jnp.mean(values) for name, values in
+                   {**critic_metrics, **generator_metrics}.items()}
+        metrics["loss"] = metrics["critic_loss"]
+        return {"step": state["step"] + 1, "critic": critic, "generator": generator}, metrics
+
+    return train_step
+
+
+# ----------------------------------------------------------------------------------------
+# Sampling and evaluation.
+
+# Folded into the run's seed for the fixed latent batches, so they never coincide with a
+# training step's keys (those are fold_in(·, step) of a split of the same seed).
+_FIXED_LATENTS_SALT = 0x6A4
+
+
+def fixed_latents(seed: int, count: int, z_dim: int) -> np.ndarray:
+    """The fixed latent batch of the sample grids and evaluations: (count, Z) float32, the
+    same for every evaluation of a run (and after a resume), so the grids form a
+    progression."""
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), _FIXED_LATENTS_SALT)
+    return np.asarray(jax.random.normal(key, (count, z_dim), jnp.float32))
+
+
+def make_sampler(nets: Nets) -> Callable:
+    """Jitted (params, collections, z (B, Z)) → (B, *X) in the model's range.
+
+    The generator runs with batch statistics and its state updates are dropped: the EMA
+    parameters have no moving averages of their own, and the live generator's would not
+    match them (sampling with batch statistics is what "standing statistics" re-estimation
+    would converge to for one batch).
+    """
+    return jax.jit(lambda params, collections, z: _apply(nets.generator, params,
+                                                         collections, z)[0])
+
+
+def generate(sampler, params, collections, latents: np.ndarray, batch_size: int
+             ) -> np.ndarray:
+    """Runs `sampler` over `latents` in chunks of `batch_size` (the last one padded with the
+    first latents, its padding dropped); returns (n, *X) float32 numpy."""
+    count = latents.shape[0]
+    padded = np.concatenate([latents, latents[:(-count) % batch_size]])
+    chunks = [np.asarray(sampler(params, collections, padded[start:start + batch_size]))
+              for start in range(0, len(padded), batch_size)]
+    return np.concatenate(chunks)[:count]
+
+
+class MixtureEvaluator:
+    """Scores the EMA and the live generator on `samples.num_points` fixed latents (modes
+    covered, high-quality share: `mixture.score_samples`) and writes a scatter plot of the
+    EMA samples over the modes to samples/step_XXXXXXX.png."""
+
+    def __init__(self, nets: Nets, mix: mixture.Mixture, config, workdir: pathlib.Path):
+        self.mix, self.workdir, self.batch_size = mix, workdir, config.batch_size
+        self.sampler = make_sampler(nets)
+        self.latents = fixed_latents(config.trainer.seed, config.samples.num_points,
+                                     nets.z_dim)
+        self.latest: tuple[int, dict[str, float]] | None = None
+
+    def __call__(self, state) -> dict[str, float]:
+        step = int(state["step"])
+        generator = state["generator"]
+        ema, raw = (generate(self.sampler, params, generator["collections"], self.latents,
+                             self.batch_size)
+                    for params in (generator["ema_params"], generator["params"]))
+        if not (np.all(np.isfinite(ema)) and np.all(np.isfinite(raw))):
+            raise FloatingPointError(f"the generator produced non-finite samples at step {step}")
+        ema_score = mixture.score_samples(self.mix, ema)
+        raw_score = mixture.score_samples(self.mix, raw)
+        mixture.plot_samples(self.mix, ema, self.workdir / "samples" / f"step_{step:07d}.png",
+                             title=f"{self.mix.name}, step {step} (EMA generator): "
+                                   f"{ema_score['modes_covered']}/{self.mix.num_modes} modes, "
+                                   f"{100 * ema_score['high_quality']:.1f}% high quality")
+        metrics = {"modes_covered": float(ema_score["modes_covered"]),
+                   "high_quality": ema_score["high_quality"],
+                   "raw_modes_covered": float(raw_score["modes_covered"]),
+                   "raw_high_quality": raw_score["high_quality"]}
+        self.latest = (step, metrics)
+        return metrics
+
+
+class ImageEvaluator:
+    """Writes an 8×8 grid of the EMA generator on fixed latents to samples/step_XXXXXXX.png
+    and returns the multi-scale sliced Wasserstein distance (×10³, PGGAN) between the
+    held-out real images and as many EMA samples (`metrics.sliced_wasserstein_distance`)."""
+
+    def __init__(self, nets: Nets, held_out: np.ndarray, config, workdir: pathlib.Path):
+        self.held_out, self.workdir = held_out, workdir
+        self.batch_size, self.grid_side = config.batch_size, config.samples.grid_side
+        self.sampler = make_sampler(nets)
+        latents = fixed_latents(config.trainer.seed, len(held_out) + self.grid_side ** 2,
+                                nets.z_dim)
+        self.grid_latents, self.eval_latents = np.split(latents, [self.grid_side ** 2])
+        self.latest: tuple[int, dict[str, float]] | None = None
+
+    def __call__(self, state) -> dict[str, float]:
+        from experiments.gan import metrics as gan_metrics
+
+        step = int(state["step"])
+        generator = state["generator"]
+        params, collections = generator["ema_params"], generator["collections"]
+        grid = generate(self.sampler, params, collections, self.grid_latents, self.batch_size)
+        plots.save_image_grid(grid, self.workdir / "samples" / f"step_{step:07d}.png",
+                              side=self.grid_side)
+        fakes = generate(self.sampler, params, collections, self.eval_latents,
+                         self.batch_size)
+        if not np.all(np.isfinite(fakes)):
+            raise FloatingPointError(f"the generator produced non-finite images at step {step}")
+        swd = gan_metrics.sliced_wasserstein_distance(self.held_out, fakes, key=0)
+        metrics = {"swd_avg": swd.pop("swd_avg"), **swd}
+        self.latest = (step, metrics)
+        return metrics
+
+
+# ----------------------------------------------------------------------------------------
+# The run.
+
+
+def describe(config) -> str:
+    """A one-line label of the configured method, e.g. "wasserstein + wgan_div(k=2, p=6,
+    real_and_fake), D:G 1:1"."""
+    penalty = config.penalty
+    if penalty.kind == "wgan_div":
+        detail = f"wgan_div(k={penalty.k:g}, p={penalty.p:g}, {penalty.strategy})"
+    elif penalty.kind == "wgan_gp":
+        detail = f"wgan_gp(λ={penalty.weight:g}, centre {penalty.center:g}, {penalty.strategy})"
+    elif penalty.kind in ("r1", "r2"):
+        detail = f"{penalty.kind}(γ={penalty.weight:g})"
+    else:
+        detail = "no penalty"
+    spectral = config.model.mlp.spectral_norm if config.data.kind == "mixture" else (
+        config.model.dcgan.critic == "wgan_sn")
+    return (f"{config.loss} + {detail}{', SN critic' if spectral else ''}, "
+            f"D:G {config.steps.critic}:{config.steps.generator}")
+
+
+def _mixture_task_parts(config, nets, workdir):
+    mix = mixture.mixture(config.data.mixture)
+    batches = input_pipeline.MixtureBatches(
+        mix, config.steps.critic * config.batch_size, seed=config.trainer.seed)
+    print(f"data: {mix.name} mixture ({mix.num_modes} modes, std {mix.std:g}), "
+          f"{config.steps.critic} × {config.batch_size} fresh real points per step", flush=True)
+    return batches, MixtureEvaluator(nets, mix, config, workdir), (
+        "modes_covered", "high_quality")
+
+
+def _image_task_parts(config, nets, workdir):
+    cache_dir = pathlib.Path(config.data.cache_dir) if config.data.cache_dir else workdir
+    images, skipped = input_pipeline.load_images(
+        config.data.path, config.data.resolution, skip_bad=config.data.skip_bad,
+        cache_dir=cache_dir)
+    if skipped:
+        print(f"skipped {len(skipped)} undecodable image(s):\n  " + "\n  ".join(skipped[:20]),
+              flush=True)
+    try:
+        train_images, held_out = input_pipeline.split_held_out(
+            images, config.data.num_eval_images, config.trainer.seed)
+    except ValueError as error:
+        raise ConfigError(f"{config.data.path}: {error}") from None
+    per_step = config.steps.critic * config.batch_size
+    if len(train_images) < per_step:
+        raise ConfigError(
+            f"{config.data.path}: {len(train_images)} training images (after holding out "
+            f"{len(held_out)}) are fewer than one step's {per_step} (steps.critic × batch_size)")
+    print(f"data: {config.data.path}: {len(images)} images at {config.data.resolution}² "
+          f"({len(train_images)} train, {len(held_out)} held out for the SWD)", flush=True)
+    batches = data_lib.EpochBatches({"real": train_images}, batch_size=per_step,
+                                    seed=config.trainer.seed)
+    return batches, ImageEvaluator(nets, held_out, config, workdir), ("swd_avg",)
+
+
+def run(config: ml_collections.ConfigDict, workdir) -> dict[str, float]:
+    """Trains (or resumes) the configured GAN in `workdir` and evaluates it.
+
+    Writes samples/step_*.png (grids or scatter plots, every `trainer.eval_every` steps and
+    at the end), training_curves.png, summary.json and the trainer's files.
+
+    Returns:
+      The final evaluation, headline first: {"modes_covered", "high_quality",
+      "raw_modes_covered", "raw_high_quality"} for mixtures, {"swd_avg", "swd_R", ...} for
+      images; plus "step". After a SIGTERM the run stops at the saved step and returns the
+      latest evaluation, if any, without writing summary.json.
+
+    Raises:
+      ConfigError: an invalid config value, before anything is read or traced.
+      experiments.data.RecordError: an empty folder or an undecodable image (by path).
+    """
+    config_lib.validate(config)
+    workdir = pathlib.Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    nets = build_nets(config)
+    optimizers = make_optimizers(config)
+    parts = _mixture_task_parts if config.data.kind == "mixture" else _image_task_parts
+    batches, evaluator, eval_curves = parts(config, nets, workdir)
+    label = describe(config)
+    print(f"method: {label}", flush=True)
+    task = trainer.Task(
+        init_state=make_init_state(nets, optimizers, config.batch_size),
+        train_step=make_train_step(
+            nets, optimizers, gan_losses.get_gan_loss(config.loss), make_penalty(config.penalty),
+            critic_steps=config.steps.critic, generator_steps=config.steps.generator,
+            ema_decay=config.ema_decay),
+        batches=batches, evaluate=evaluator)
+    result = trainer.train(task, config.trainer, workdir)
+    if result.step < config.trainer.num_steps:  # SIGTERM: the trainer saved and stopped
+        print(f"stopped at step {result.step} of {config.trainer.num_steps}; rerun the same "
+              "command to resume", flush=True)
+        return dict(evaluator.latest[1]) if evaluator.latest else {}
+    if evaluator.latest is None or evaluator.latest[0] != result.step:
+        evaluator(result.state)  # a resumed run that had nothing left to train
+    plots.plot_training_curves(workdir / "metrics.jsonl", workdir / "training_curves.png",
+                               title=label, eval_metrics=eval_curves)
+    summary = {**evaluator.latest[1], "step": float(result.step)}
+    (workdir / "summary.json").write_text(json.dumps({**summary, "method": label}) + "\n")
+    print(json.dumps(summary), flush=True)
+    return summary
