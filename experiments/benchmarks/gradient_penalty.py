@@ -25,10 +25,12 @@ Findings (each backed by rows of the table):
 1. XLA:CPU's algebraic simplifier swaps the operands of a convolution whose input is
    spatially smaller than its kernel. The input gradient of the last conv (8×8 → 4×4) is
    such a convolution (a 4×4 gradient against the 5×5 kernel); after the swap it carries a
-   window reversal, which XLA:CPU has no fast kernel for. It runs at about 0.5 GFLOP/s
-   (group "last conv ∇ₓ"), dominates the plain step and, multiplied by the double backward,
-   the penalised one. No XLA:CPU flag turns the swap off (oneDNN and XNNPACK do not take the
-   convolution either); compiling without ``algsimp`` avoids it but slows the rest.
+   window reversal (``rhs_reversal`` in the optimised HLO) and runs at ~1.4 GFLOP/s
+   against ~75 GFLOP/s unswapped (group "last conv ∇ₓ"): about 40 % of the plain step at
+   64 px, and the double backward has more convolutions of this kind. No XLA:CPU flag turns
+   the swap off (``xla_cpu_use_onednn`` and ``xla_cpu_use_xnnpack`` leave it as it is);
+   compiling without ``algsimp`` avoids it but made the penalised step slower in a 32 px
+   trial, so it is no fix.
 2. Lowering every conv to one matmul over extracted windows (``patch_matmul_conv``, a
    drop-in for ``lax.conv_general_dilated`` that ``nn.Conv(conv_general_dilated=...)``
    accepts) leaves XLA only slices, pads and dots, at any order of differentiation.

@@ -200,7 +200,7 @@ def test_queries_without_keys_give_zeros_and_finite_grads(pattern):
 # No N×N buffer.
 
 
-MEMORY_CHECK_LENGTH = 4096
+MEMORY_CHECK_LENGTH = 16384
 ONE_N_BY_N = MEMORY_CHECK_LENGTH**2 * 4  # bytes of one float32 [N, N] array
 
 
@@ -219,10 +219,11 @@ def test_memory_check_sees_the_reference_n_by_n_buffer():
     assert _temp_bytes(attn.reference_attention, Local(8)) >= ONE_N_BY_N
 
 
-@pytest.mark.parametrize("pattern", [Full(), Atrous(16), Local(8, 4), Sparse(64), Strided(64),
-                                     Fixed(64, 4)], ids=repr)
+@pytest.mark.parametrize("pattern", [Full(), Atrous(16), Local(8, 4), Sparse(128), Strided(128),
+                                     Fixed(128, 4)], ids=repr)
 def test_no_n_by_n_buffer_forward_and_backward(pattern):
-    assert _temp_bytes(attn.attention, pattern) < ONE_N_BY_N / 4
+    # O(N) memory: a few MiB of chunk logits plus a few copies of q, k, v.
+    assert _temp_bytes(attn.attention, pattern) < ONE_N_BY_N / 16
 
 
 # ------------------------------------------------------------------------------------------
