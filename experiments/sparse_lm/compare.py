@@ -2,7 +2,7 @@
 
     python -m experiments.sparse_lm.compare \
         --data ../shared/data/sparse_attention_lm/tinyshakespeare_input.txt \
-        --steps 300 --out results/sparse_lm
+        --steps 2000 --out results/sparse_lm
 
 Each run is `python launch.py sparse_lm` (the "" config) with `model.pattern` changed and
 everything else equal: Full, Atrous(r), Local(r), Sparse(r) and Local(r)/Atrous(r)
@@ -53,7 +53,7 @@ def run_one(name: str, config, workdirs: pathlib.Path) -> dict[str, float]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="a UTF-8 text file")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--rate", type=int, default=32, help="r of Atrous/Local/Sparse")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results/sparse_lm"))
     parser.add_argument("--workdirs", type=pathlib.Path,
