@@ -61,11 +61,29 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks=(1, 5, 10)
       {"top1": ..., "top5": ..., "top10": ..., "map_at_r": ...}. Rows whose group has no other
       member count as misses in top-k (as in the seed) and are left out of MAP@R (R = 0).
     """
+    depth = search_depth(labels, ks)
+    _, neighbours = nearest_neighbours(embeddings, depth)
+    return metrics_from_neighbours(neighbours, labels, ks)
+
+
+def search_depth(labels: np.ndarray, ks=(1, 5, 10)) -> int:
+    """Neighbours needed for top-k and MAP@R: max(k, largest group − 1), at most n − 1."""
+    _, counts = np.unique(np.asarray(labels), return_counts=True)
+    return int(min(len(labels) - 1, max(max(ks), counts.max() - 1)))
+
+
+def metrics_from_neighbours(neighbours: np.ndarray, labels: np.ndarray, ks=(1, 5, 10)
+                            ) -> dict[str, float]:
+    """top-k accuracies and MAP@R from each row's ranked neighbours.
+
+    Args:
+      neighbours: (n, depth) row indices, best first, never the row itself, depth at least
+        `search_depth(labels, ks)`.
+      labels: (n,) group ids.
+    """
     labels = np.asarray(labels)
     _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     relevant = counts[inverse] - 1                              # R per query
-    depth = int(min(len(labels) - 1, max(max(ks), relevant.max())))
-    _, neighbours = nearest_neighbours(embeddings, depth)
     hits = labels[neighbours] == labels[:, None]                # [n, depth]
     metrics = {f"top{k}": float(hits[:, :k].any(axis=1).mean()) for k in ks}
     metrics["map_at_r"] = mean_average_precision_at_r(hits, relevant)

@@ -171,3 +171,37 @@ def test_convert_cli_writes_groups(tmp_path):
     pairs = _write(tmp_path / "p.tsv", "a\tb\t1\nb\tc\t1\nd\te\t0\nd\tf\t1\n")
     convert.main([str(pairs), "-o", str(tmp_path / "g.tsv")])
     assert (tmp_path / "g.tsv").read_text() == "0\ta\n0\tb\n0\tc\n1\td\n1\tf\n"
+
+
+def test_tfidf_matrix_hand_computed():
+    # n = 2: "a" is in both (idf log 1 = 0); "b", "aa", "ab" in one each (idf log 2).
+    from experiments.sentence_similarity import baseline
+    matrix = baseline.tfidf_matrix(["aa", "ab"]).toarray()
+    columns = {"a": 0, "aa": 1, "b": 2, "ab": 3}     # first-seen order: unigrams, then bigrams
+    np.testing.assert_allclose(matrix[0], [0, 1, 0, 0], atol=1e-7)
+    np.testing.assert_allclose(matrix[1, [columns["b"], columns["ab"]]], [2 ** -0.5] * 2,
+                               rtol=1e-6)
+    assert matrix[1, columns["a"]] == 0
+
+
+def test_sparse_nearest_neighbours_match_dense_search():
+    import scipy.sparse
+    from experiments.sentence_similarity import baseline
+    rng = np.random.default_rng(2)
+    dense = rng.random((40, 30)) * (rng.random((40, 30)) < 0.3)
+    neighbours = baseline.sparse_nearest_neighbours(scipy.sparse.csr_matrix(dense), 4, chunk_size=7)
+    similarity = dense @ dense.T
+    np.fill_diagonal(similarity, -np.inf)
+    want = np.argsort(-similarity, axis=1, kind="stable")[:, :4]
+    np.testing.assert_allclose(np.take_along_axis(similarity, neighbours, 1),
+                               np.take_along_axis(similarity, want, 1))
+    assert not np.any(neighbours == np.arange(40)[:, None])
+
+
+def test_tfidf_baseline_finds_character_overlapping_paraphrases():
+    from experiments.sentence_similarity import baseline
+    sentences = ["沙发一般有多高", "沙发一般高度是多少", "借呗可以用吗", "借呗能借吗", "今天天气好"]
+    metrics = baseline.tfidf_retrieval_metrics(sentences, np.array([0, 0, 1, 1, 2]), ks=(1,))
+    # Four queries retrieve their partner; the singleton group can never hit: 4/5.
+    assert metrics["top1"] == pytest.approx(0.8)
+    assert metrics["map_at_r"] == pytest.approx(1.0)
