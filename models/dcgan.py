@@ -25,7 +25,8 @@ Keras defaults reproduced (SPEC §0.1):
   and on G's dense layer (`DCGAN_INIT`) but leave the critic's Dense(1) at Glorot.
 - `Conv2DTranspose(padding='same')` is the gradient of a 'same' strided conv, with the
   kernel stored (kh, kw, out, in): `nn.ConvTranspose(transpose_kernel=True)` computes
-  exactly that, so Keras kernels could be copied as they are.
+  exactly that, so Keras kernels could be copied as they are. `ConvTranspose` here is that
+  layer with the transposed conv as a field (`kernels.conv` has a faster one for XLA:CPU).
 - `LeakyReLU()` has slope 0.3; the W-div critic sets 0.2 explicitly.
 
 Variants are rows of the `GENERATORS` / `CRITICS` tables (functools.partial of the two
@@ -99,6 +100,41 @@ def flatten(x: Array) -> Array:
     return x.reshape(x.shape[0], -1)
 
 
+class ConvTranspose(nn.Module):
+    """``nn.ConvTranspose(padding="SAME", transpose_kernel=True)`` with the transposed conv
+    as a field: the same parameter names, shapes and initialisation as flax's layer.
+
+    Attributes:
+      features: output channels O.
+      kernel_size: (kh, kw); the kernel is stored (kh, kw, O, C) as Keras stores it.
+      strides: (sh, sw), the upsampling factors.
+      use_bias: add a bias (zeros at init).
+      kernel_init: the kernel's initializer.
+      conv_transpose: ``lax.conv_transpose`` or a function with its signature
+        (``kernels.conv.patch_matmul_conv_transpose``).
+    """
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (2, 2)
+    use_bias: bool = True
+    kernel_init: Initializer = KERAS_INIT
+    conv_transpose: Callable[..., Array] = jax.lax.conv_transpose
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """(B, H, W, C) → (B, H·sh, W·sw, O)."""
+        kernel = self.param("kernel", self.kernel_init,
+                            (*self.kernel_size, self.features, x.shape[-1]), jnp.float32)
+        y = self.conv_transpose(x, kernel, self.strides, "SAME",
+                                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                transpose_kernel=True)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,),
+                               jnp.float32)
+        return y
+
+
 def _check_positive(name: str, value: int) -> None:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
@@ -120,6 +156,7 @@ class Generator(nn.Module):
       use_bias: biases on the dense and transposed-conv layers (the seed has them).
       kernel_init: for every kernel (seed N(0, 0.02); Keras Glorot in §2.5).
       norm: norm factory (see module docstring), or None.
+      conv_transpose: the transposed conv every `ConvTranspose` runs (see there).
     """
 
     resolution: int = 128
@@ -130,6 +167,7 @@ class Generator(nn.Module):
     use_bias: bool = True
     kernel_init: Initializer = DCGAN_INIT
     norm: NormFactory | None = KERAS_BATCH_NORM
+    conv_transpose: Callable[..., Array] = jax.lax.conv_transpose
 
     def __post_init__(self):
         num_layers(self.resolution)
@@ -165,26 +203,12 @@ class Generator(nn.Module):
         )(z)  # [B, 16·max]
         h = nn.relu(self._normalize(h, train))
         h = h.reshape(z.shape[0], FEATURE_MAP_SIZE, FEATURE_MAP_SIZE, widths[0])
+        upsample = functools.partial(ConvTranspose, kernel_size=kernel, strides=(2, 2),
+                                     use_bias=self.use_bias, kernel_init=self.kernel_init,
+                                     conv_transpose=self.conv_transpose)
         for features in widths[1:]:
-            h = nn.ConvTranspose(
-                features,
-                kernel,
-                strides=(2, 2),
-                padding="SAME",
-                use_bias=self.use_bias,
-                kernel_init=self.kernel_init,
-                transpose_kernel=True,
-            )(h)
-            h = nn.relu(self._normalize(h, train))
-        h = nn.ConvTranspose(
-            self.out_channels,
-            kernel,
-            strides=(2, 2),
-            padding="SAME",
-            use_bias=self.use_bias,
-            kernel_init=self.kernel_init,
-            transpose_kernel=True,
-        )(h)  # [B, R, R, out_channels]
+            h = nn.relu(self._normalize(upsample(features)(h), train))
+        h = upsample(self.out_channels)(h)  # [B, R, R, out_channels]
         return jnp.tanh(h)
 
 
@@ -211,6 +235,9 @@ class Critic(nn.Module):
       sn_power_iterations: power iterations per call from the stored ``u``. Default 1,
         the SN-GAN practice; the seed ran 5 from a ones vector each call
         (see `models.spectral_norm`).
+      conv_general_dilated: the convolution every conv runs, as ``nn.Conv`` takes it;
+        ``kernels.conv.patch_matmul_conv`` gives the same values with derivatives that
+        XLA:CPU runs far faster (``kernels.conv.conv_for_backend``).
     """
 
     resolution: int = 128
@@ -225,6 +252,7 @@ class Critic(nn.Module):
     norm: NormFactory | None = KERAS_BATCH_NORM
     spectral_norm: bool = False
     sn_power_iterations: int = 1
+    conv_general_dilated: Callable[..., Array] = jax.lax.conv_general_dilated
 
     def __post_init__(self):
         num_layers(self.resolution)
@@ -264,6 +292,7 @@ class Critic(nn.Module):
                 padding="SAME",
                 use_bias=self.conv_use_bias,
                 kernel_init=self.kernel_init,
+                conv_general_dilated=self.conv_general_dilated,
             )
             h = self._linear(conv, h, train)
             if i > 0 and self.norm is not None:  # SPEC §3.1: no BN on the first conv

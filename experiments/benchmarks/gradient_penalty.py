@@ -31,9 +31,10 @@ Findings (each backed by rows of the table):
    the swap off (``xla_cpu_use_onednn`` and ``xla_cpu_use_xnnpack`` leave it as it is);
    compiling without ``algsimp`` avoids it but made the penalised step slower in a 32 px
    trial, so it is no fix.
-2. Lowering every conv to one matmul over extracted windows (``patch_matmul_conv``, a
-   drop-in for ``lax.conv_general_dilated`` that ``nn.Conv(conv_general_dilated=...)``
-   accepts) leaves XLA only slices, pads and dots, at any order of differentiation.
+2. Lowering every conv to one matmul over extracted windows (``kernels.conv.
+   patch_matmul_conv``, the critic's ``conv_general_dilated`` field; the GAN experiment's
+   ``model.dcgan.conv="auto"`` picks it on CPU) leaves XLA only slices, pads and dots, at
+   any order of differentiation.
 3. ``wgan_div_penalty`` takes a critic callable and runs its forward pass again inside
    ∇ₓ, apart from the loss's own forward on the same batch, and the gradient with respect
    to the weights then goes back through both. Taking the scores and ∇ₓ from one
@@ -57,6 +58,7 @@ import optax
 from jax import lax
 
 from experiments.benchmarks import harness
+from kernels import conv as conv_lib
 from kernels import gan_losses
 from kernels import gradient_penalty
 from models import dcgan
@@ -86,97 +88,6 @@ class Size(NamedTuple):
 FULL = Size(resolution=64, batch=64)   # SPEC §2.4–§2.5: 64×64, batch 64
 QUICK = Size(resolution=32, batch=8)
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-# ----------------------------------------------------------------------------------------
-# A convolution XLA:CPU differentiates well: windows, then one matmul.
-
-
-def _explicit_padding(lhs_shape, rhs_shape, strides, padding) -> list[tuple[int, int]]:
-    if isinstance(padding, str):
-        return list(lax.padtype_to_pads(lhs_shape[1:3], rhs_shape[:2], strides, padding))
-    return [tuple(pair) for pair in padding]
-
-
-def _strided_windows(x: jax.Array, axis: int, size: int, stride: int, count: int):
-    """Stacks x[..., i + stride·t, ...] (t < count) for i < size on a new axis after `axis`."""
-    return jnp.stack(
-        [lax.slice_in_dim(x, i, i + stride * (count - 1) + 1, stride, axis) for i in range(size)],
-        axis=axis + 1,
-    )
-
-
-def patch_matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                      dimension_numbers=None, feature_group_count=1, precision=None,
-                      preferred_element_type=None) -> jax.Array:
-    """``lax.conv_general_dilated`` for 2-D NHWC × HWIO convs, as a matmul over windows.
-
-    Every kh×kw window of the padded input is gathered with kh + kw strided slices into
-    (B, Ho, kh, Wo, kw, C) and contracted with the kernel in one ``einsum``. Its
-    derivatives of any order are pads, slices and dots, which XLA:CPU runs at matmul speed,
-    whereas it runs some gradient convolutions of a strided conv as slow loops (module
-    docstring, finding 1). The price is the windows' memory: kh·kw/(sh·sw) times the input.
-
-    Args:
-      lhs: (B, H, W, C) input.
-      rhs: (kh, kw, C, O) kernel.
-      window_strides: (sh, sw).
-      padding: "SAME", "VALID" or ((lo, hi), (lo, hi)), as ``lax.conv_general_dilated``.
-      lhs_dilation, rhs_dilation: None or all ones (dilations are not supported).
-      dimension_numbers: None or NHWC/HWIO/NHWC (what ``flax.linen.Conv`` passes).
-      feature_group_count: must be 1.
-      precision: passed to the contraction.
-      preferred_element_type: the output dtype of the contraction, or None.
-
-    Returns:
-      (B, Ho, Wo, O), the same values as ``lax.conv_general_dilated``.
-
-    Raises:
-      ValueError: an unsupported layout, dilation or grouping.
-    """
-    lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
-    if lhs.ndim != 4 or rhs.ndim != 4 or lhs.shape[3] != rhs.shape[2]:
-        raise ValueError(f"patch_matmul_conv needs lhs (B, H, W, C) and rhs (kh, kw, C, O), "
-                         f"got lhs {lhs.shape} and rhs {rhs.shape}")
-    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-    if dimension_numbers is not None and lax.conv_dimension_numbers(
-            lhs.shape, rhs.shape, dimension_numbers) != nhwc:
-        raise ValueError(f"patch_matmul_conv supports NHWC/HWIO/NHWC only, got "
-                         f"dimension_numbers={dimension_numbers}")
-    for name, dilation in (("lhs_dilation", lhs_dilation), ("rhs_dilation", rhs_dilation)):
-        if dilation is not None and any(d != 1 for d in dilation):
-            raise ValueError(f"patch_matmul_conv does not support {name}={dilation}")
-    if feature_group_count != 1:
-        raise ValueError(f"patch_matmul_conv needs feature_group_count=1, "
-                         f"got {feature_group_count}")
-    (kh, kw), (sh, sw) = rhs.shape[:2], tuple(window_strides)
-    (top, bottom), (left, right) = _explicit_padding(lhs.shape, rhs.shape, (sh, sw), padding)
-    padded = lax.pad(lhs, jnp.zeros((), lhs.dtype),
-                     ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
-    out_h = (padded.shape[1] - kh) // sh + 1
-    out_w = (padded.shape[2] - kw) // sw + 1
-    rows = _strided_windows(padded, 1, kh, sh, out_h)     # [B, Ho, kh, Wp, C]
-    windows = _strided_windows(rows, 3, kw, sw, out_w)    # [B, Ho, kh, Wo, kw, C]
-    return jnp.einsum("bhiwjc,ijco->bhwo", windows, rhs, precision=precision,
-                      preferred_element_type=preferred_element_type)
-
-
-def _use_patch_matmul_convs(next_fun, args, kwargs, context):
-    """A flax method interceptor: runs every ``nn.Conv`` with ``patch_matmul_conv``.
-
-    The conv is re-applied as a clone with ``conv_general_dilated=patch_matmul_conv`` and
-    the intercepted module's own parameters, so padding, bias and dtype handling stay
-    flax's. This is what ``models.dcgan.Critic`` would do if it passed the conv function
-    through to ``nn.Conv``; here it changes nothing in the model's code or parameters.
-    """
-    module = context.module
-    if (type(module) is not nn.Conv or context.method_name != "__call__"
-            or module.is_initializing() or module.conv_general_dilated is patch_matmul_conv):
-        return next_fun(*args, **kwargs)
-    conv = module.clone(parent=None, name=None, conv_general_dilated=patch_matmul_conv)
-    return conv.apply({"params": module.variables["params"]}, *args, **kwargs)
-
 
 # ----------------------------------------------------------------------------------------
 # The JAX critic step.
@@ -189,7 +100,8 @@ def critic_apply(model: nn.Module, conv: str = "xla") -> CriticApply:
 
     Args:
       model: a ``models.dcgan.Critic``.
-      conv: "xla" (``lax.conv_general_dilated``, the model as it is) or "patch_matmul".
+      conv: "xla" (``lax.conv_general_dilated``) or "patch_matmul"
+        (``kernels.conv.patch_matmul_conv``), set as the critic's ``conv_general_dilated``.
 
     Returns:
       A function of the critic's variables and a batch giving its scores and its updated
@@ -197,18 +109,12 @@ def critic_apply(model: nn.Module, conv: str = "xla") -> CriticApply:
     """
     if conv not in CONVS:
         raise ValueError(f"conv must be one of {CONVS}, got {conv!r}")
+    model = model.clone(conv_general_dilated=conv_lib.conv_for_backend(conv))
 
     def apply(variables, x):
         return model.apply(variables, x, train=True, mutable=["batch_stats"])
 
-    if conv == "xla":
-        return apply
-
-    def apply_with_patch_matmul_convs(variables, x):
-        with nn.intercept_methods(_use_patch_matmul_convs):
-            return apply(variables, x)
-
-    return apply_with_patch_matmul_convs
+    return apply
 
 
 def _scores_and_input_gradient(apply: CriticApply, variables, x):
@@ -565,13 +471,13 @@ def _last_conv_input_gradient(report: harness.Report, size: Size, repeats: int |
     def input_gradient(conv):
         def gradient(x, kernel, cotangent):
             _, pullback = jax.vjp(lambda x: conv(x, kernel, (2, 2), "SAME",
-                                                 dimension_numbers=_NHWC), x)
+                                                 dimension_numbers=conv_lib.NHWC), x)
             return pullback(cotangent)[0]
         return gradient
 
     report.time_jax(group, "XLA conv (swapped operands)", input_gradient(lax.conv_general_dilated),
                     x, kernel, cotangent, baseline=True, flops=flops, repeats=repeats)
-    report.time_jax(group, "patch_matmul_conv", input_gradient(patch_matmul_conv),
+    report.time_jax(group, "patch_matmul_conv", input_gradient(conv_lib.patch_matmul_conv),
                     x, kernel, cotangent, flops=flops, repeats=repeats)
     start = time.perf_counter()
     without_algsimp = jax.jit(input_gradient(lax.conv_general_dilated)).lower(

@@ -103,6 +103,10 @@ def _base_config() -> ml_collections.ConfigDict:
     config.model.dcgan.generator = "wgan_div"  # SPEC §2.3 generator
     config.model.dcgan.z_dim = 128             # SPEC §2.3 (100 in the §2.5 baselines)
     config.model.dcgan.base_channels = 64      # SPEC §2.3: convs 64 → … → 8·R
+    # Both nets' (transposed) convolutions (kernels.conv): "auto" = patch_matmul on CPU, where
+    # XLA's own conv gradients are slow (results/benchmarks/gradient_penalty.md), "xla" on
+    # GPU/TPU; the values are the same.
+    config.model.dcgan.conv = "auto"
     config.model.sn_power_iterations = 1       # wgan_sn critic (models.spectral_norm)
 
     config.samples = ml_collections.ConfigDict()
@@ -240,6 +244,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"one of {ARCHITECTURES}")
     require(dcgan.generator in ARCHITECTURES, "model.dcgan.generator", dcgan.generator,
             f"one of {ARCHITECTURES}")
+    from kernels.conv import CONV_IMPLEMENTATIONS
+    require(dcgan.conv in CONV_IMPLEMENTATIONS, "model.dcgan.conv", dcgan.conv,
+            f"one of {CONV_IMPLEMENTATIONS}")
     for name in ("z_dim", "base_channels"):
         require(dcgan[name] >= 1, f"model.dcgan.{name}", dcgan[name], "must be >= 1")
     require(config.samples.grid_side >= 1, "samples.grid_side", config.samples.grid_side,

@@ -47,7 +47,7 @@ from experiments import trainer
 from experiments.configs import ConfigError
 from experiments.gan import config as config_lib
 from experiments.gan import input_pipeline, mixture, plots
-from kernels import gan_losses, gradient_penalty
+from kernels import conv, gan_losses, gradient_penalty
 from models import dcgan, mlp_gan
 
 PyTree = dict
@@ -84,13 +84,15 @@ def build_nets(config: ml_collections.ConfigDict) -> Nets:
                                            num_hidden=mlp.num_hidden),
             z_dim=mlp.z_dim, sample_shape=(2,))
     model, resolution = config.model.dcgan, config.data.resolution
-    critic_kwargs = dict(resolution=resolution, base_channels=model.base_channels)
+    critic_kwargs = dict(resolution=resolution, base_channels=model.base_channels,
+                         conv_general_dilated=conv.conv_for_backend(model.conv))
     if model.critic == "wgan_sn":
         critic_kwargs["sn_power_iterations"] = config.model.sn_power_iterations
     return Nets(
         critic=dcgan.CRITICS[model.critic](**critic_kwargs),
         generator=dcgan.GENERATORS[model.generator](
-            resolution=resolution, z_dim=model.z_dim, base_channels=model.base_channels),
+            resolution=resolution, z_dim=model.z_dim, base_channels=model.base_channels,
+            conv_transpose=conv.conv_for_backend(model.conv, transpose=True)),
         z_dim=model.z_dim, sample_shape=(resolution, resolution, 3))
 
 

@@ -1,9 +1,8 @@
 """Tests for experiments/benchmarks/gradient_penalty.py: the comparison is like for like.
 
 The PyTorch critic is held to the flax one with copied weights (float32 within the
-benchmark's tolerances, float64 to rounding); ``patch_matmul_conv`` to
-``lax.conv_general_dilated`` in values, gradients and second derivatives; the JAX step
-variants to one another; and the quick benchmark run to its rows.
+benchmark's tolerances, float64 to rounding); the JAX step variants to one another; and
+the quick benchmark run to its rows (``patch_matmul_conv`` itself: tests/kernels/test_conv.py).
 """
 
 import copy
@@ -13,68 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from jax import lax
 
 from experiments.benchmarks import gradient_penalty as bench
 from experiments.benchmarks import harness
 from models import dcgan
-
-NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def lax_conv(x, w, strides, padding):
-    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC,
-                                    precision=lax.Precision.HIGHEST)
-
-
-def patch_conv(x, w, strides, padding):
-    return bench.patch_matmul_conv(x, w, strides, padding, dimension_numbers=NHWC,
-                                   precision=lax.Precision.HIGHEST)
-
-
-def second_order(conv, strides, padding):
-    """x, w ↦ ∂/∂(x, w) of Σ (∇ₓ Σ tanh(conv(x, w)))²: a double backward through conv."""
-
-    def input_gradient_energy(x, w):
-        gradient = jax.grad(lambda x: jnp.sum(jnp.tanh(conv(x, w, strides, padding))))(x)
-        return jnp.sum(jnp.square(gradient))
-
-    return jax.jit(jax.grad(input_gradient_energy, argnums=(0, 1)))
-
-
-@settings(max_examples=5, deadline=None)
-@given(size=st.integers(1, 7), kernel=st.integers(1, 5), stride=st.integers(1, 3),
-       padding=st.sampled_from(["SAME", "VALID", ((2, 0), (1, 3))]),
-       channels=st.integers(1, 3), features=st.integers(1, 3), seed=st.integers(0, 2**16))
-def test_patch_matmul_conv_matches_lax_conv(size, kernel, stride, padding, channels,
-                                            features, seed):
-    # Keep the padded input at least as large as the kernel (else lax has no output).
-    kernel = min(kernel, {"SAME": kernel, "VALID": size}.get(padding, size + 2))
-    kx, kw = jax.random.split(jax.random.key(seed))
-    x = jax.random.normal(kx, (2, size, size + 1, channels))
-    w = jax.random.normal(kw, (kernel, kernel, channels, features))
-    strides = (stride, stride)
-    expected = jax.jit(lax_conv, static_argnums=(2, 3))(x, w, strides, padding)
-    actual = jax.jit(patch_conv, static_argnums=(2, 3))(x, w, strides, padding)
-    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
-    for got, want in zip(second_order(patch_conv, strides, padding)(x, w),
-                         second_order(lax_conv, strides, padding)(x, w)):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-
-
-def test_patch_matmul_conv_rejects_what_it_does_not_support():
-    x, w = jnp.ones((1, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
-    with pytest.raises(ValueError, match="rhs_dilation"):
-        bench.patch_matmul_conv(x, w, (1, 1), "SAME", rhs_dilation=(2, 2))
-    with pytest.raises(ValueError, match="feature_group_count"):
-        bench.patch_matmul_conv(x, w, (1, 1), "SAME", feature_group_count=3)
-    with pytest.raises(ValueError, match="NHWC"):
-        bench.patch_matmul_conv(x, w, (1, 1), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW"))
-    with pytest.raises(ValueError, match=r"\(B, H, W, C\)"):
-        bench.patch_matmul_conv(x[0], w, (1, 1), "SAME")
-
 
 def test_bad_variant_names_raise():
     model = dcgan.CRITICS["wgan_div"](resolution=32)

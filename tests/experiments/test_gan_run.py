@@ -383,6 +383,7 @@ def test_image_grid_tiles_row_major():
     (("steps.critic=0",), "steps.critic=0"),
     (("data.mixture=spiral",), "data.mixture='spiral'"),
     (("data.kind=images",), "needs --config.data.path"),
+    (("data.kind=images", "data.path=x", "model.dcgan.conv=cudnn"), "model.dcgan.conv='cudnn'"),
 ])
 def test_bad_configs_are_refused_before_training(tmp_path, overrides, message):
     config = gan.get_config("smoke")

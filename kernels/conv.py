@@ -1,0 +1,218 @@
+"""Convolutions as plain matmuls over extracted windows, for backends with slow conv gradients.
+
+XLA:CPU lowers some derivative convolutions of a strided conv (the input gradient of a conv
+whose input is spatially smaller than its kernel, after the algebraic simplifier swaps the
+operands) to loops that run ~50× below matmul speed; a WGAN-div critic step takes its
+gradient twice, so it hits them often (experiments/benchmarks/gradient_penalty.py, finding 1).
+`patch_matmul_conv` gathers the windows with strided slices and contracts them in one dot,
+so every derivative of any order is pads, slices and dots. On GPU/TPU the native conv is the
+better choice, which `conv_for_backend("auto")` makes. `patch_matmul_conv_transpose` does
+the same for the generator's transposed convs, whose XLA:CPU gradients are slow as well.
+
+Glossary: B batch, H/W spatial sides, C input and O output channels, kh/kw kernel sides.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+ConvFn = Callable[..., jax.Array]
+CONV_IMPLEMENTATIONS = ("auto", "xla", "patch_matmul")
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _explicit_padding(lhs_shape, rhs_shape, strides, padding) -> list[tuple[int, int]]:
+    if isinstance(padding, str):
+        return list(lax.padtype_to_pads(lhs_shape[1:3], rhs_shape[:2], strides, padding))
+    return [tuple(pair) for pair in padding]
+
+
+def _strided_windows(x: jax.Array, axis: int, size: int, stride: int, count: int):
+    """Stacks x[..., i + stride·t, ...] (t < count) for i < size on a new axis after `axis`."""
+    return jnp.stack(
+        [lax.slice_in_dim(x, i, i + stride * (count - 1) + 1, stride, axis) for i in range(size)],
+        axis=axis + 1,
+    )
+
+
+def patch_matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                      dimension_numbers=None, feature_group_count=1, precision=None,
+                      preferred_element_type=None) -> jax.Array:
+    """``lax.conv_general_dilated`` for 2-D NHWC × HWIO convs, as a matmul over windows.
+
+    Every kh×kw window of the padded input is gathered with kh + kw strided slices into
+    (B, Ho, kh, Wo, kw, C) and contracted with the kernel in one ``einsum``. Its
+    derivatives of any order are pads, slices and dots, which XLA:CPU runs at matmul speed,
+    whereas it runs some gradient convolutions of a strided conv as slow loops (module
+    docstring, finding 1). The price is the windows' memory: kh·kw/(sh·sw) times the input.
+
+    Args:
+      lhs: (B, H, W, C) input.
+      rhs: (kh, kw, C, O) kernel.
+      window_strides: (sh, sw).
+      padding: "SAME", "VALID" or ((lo, hi), (lo, hi)), as ``lax.conv_general_dilated``;
+        explicit pairs only with an lhs_dilation.
+      lhs_dilation: None or (dh, dw): dh − 1 zeros between input rows (likewise columns), the
+        transposed conv's upsampling (`patch_matmul_conv_transpose`).
+      rhs_dilation: None or all ones (kernel dilation is not supported).
+      dimension_numbers: None or NHWC/HWIO/NHWC (what ``flax.linen.Conv`` passes).
+      feature_group_count: must be 1.
+      precision: passed to the contraction.
+      preferred_element_type: the output dtype of the contraction, or None.
+
+    Returns:
+      (B, Ho, Wo, O), the same values as ``lax.conv_general_dilated``.
+
+    Raises:
+      ValueError: an unsupported layout, dilation or grouping.
+    """
+    lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+    if lhs.ndim != 4 or rhs.ndim != 4 or lhs.shape[3] != rhs.shape[2]:
+        raise ValueError(f"patch_matmul_conv needs lhs (B, H, W, C) and rhs (kh, kw, C, O), "
+                         f"got lhs {lhs.shape} and rhs {rhs.shape}")
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
+    if dimension_numbers is not None and lax.conv_dimension_numbers(
+            lhs.shape, rhs.shape, dimension_numbers) != nhwc:
+        raise ValueError(f"patch_matmul_conv supports NHWC/HWIO/NHWC only, got "
+                         f"dimension_numbers={dimension_numbers}")
+    if rhs_dilation is not None and any(d != 1 for d in rhs_dilation):
+        raise ValueError(f"patch_matmul_conv does not support rhs_dilation={rhs_dilation}")
+    dh, dw = (1, 1) if lhs_dilation is None else tuple(lhs_dilation)
+    if (dh, dw) != (1, 1) and isinstance(padding, str):
+        raise ValueError(f"patch_matmul_conv needs explicit padding with lhs_dilation="
+                         f"{lhs_dilation}, got {padding!r}")
+    if feature_group_count != 1:
+        raise ValueError(f"patch_matmul_conv needs feature_group_count=1, "
+                         f"got {feature_group_count}")
+    (kh, kw), (sh, sw) = rhs.shape[:2], tuple(window_strides)
+    (top, bottom), (left, right) = _explicit_padding(lhs.shape, rhs.shape, (sh, sw), padding)
+    padded = lax.pad(lhs, jnp.zeros((), lhs.dtype),
+                     ((0, 0, 0), (top, bottom, dh - 1), (left, right, dw - 1), (0, 0, 0)))
+    out_h = (padded.shape[1] - kh) // sh + 1
+    out_w = (padded.shape[2] - kw) // sw + 1
+    rows = _strided_windows(padded, 1, kh, sh, out_h)     # [B, Ho, kh, Wp, C]
+    windows = _strided_windows(rows, 3, kw, sw, out_w)    # [B, Ho, kh, Wo, kw, C]
+    return jnp.einsum("bhiwjc,ijco->bhwo", windows, rhs, precision=precision,
+                      preferred_element_type=preferred_element_type)
+
+
+def transposed_conv_padding(kernel_size: int, stride: int, padding: str) -> tuple[int, int]:
+    """(before, after) padding of the dilated input that makes a transposed conv the
+    gradient of a "SAME" or "VALID" forward conv with this kernel and stride (TensorFlow's
+    and ``lax.conv_transpose``'s convention)."""
+    if padding == "SAME":
+        total = kernel_size + stride - 2
+        before = kernel_size - 1 if stride > kernel_size - 1 else -(-total // 2)
+    elif padding == "VALID":
+        total = kernel_size + stride - 2 + max(kernel_size - stride, 0)
+        before = kernel_size - 1
+    else:
+        raise ValueError(f"padding must be 'SAME', 'VALID' or explicit pairs, got {padding!r}")
+    return before, total - before
+
+
+def _phase(kernel_size: int, stride: int, before: int, phase: int) -> tuple[int, int, int]:
+    """The taps of one output phase of a transposed conv (module docstring of the caller).
+
+    Output o = s·q + phase of the stride-s transposed conv reads the zero-dilated, padded
+    input at o + t − before, which is a real input row only when t ≡ before − phase (mod s).
+    Returns (t0, taps, offset): taps t = t0 + s·m for m < taps read input row q + m + offset.
+    """
+    t0 = (before - phase) % stride
+    taps = len(range(t0, kernel_size, stride))
+    return t0, taps, (phase + t0 - before) // stride
+
+
+def patch_matmul_conv_transpose(lhs, rhs, strides, padding, rhs_dilation=None,
+                                dimension_numbers=None, transpose_kernel=False,
+                                precision=None, preferred_element_type=None) -> jax.Array:
+    """``lax.conv_transpose`` for 2-D NHWC × HWIO, as stride-1 patch-matmul convs.
+
+    The stride-s transposed conv is split by output phase (sub-pixel decomposition): the
+    outputs at rows ≡ φ (mod s) read only every s-th kernel row of the undilated input, so
+    each of the s² phases is a `patch_matmul_conv` with a sub-kernel, and the phases are
+    interleaved. No multiply touches an inserted zero (lax's dilated conv does s²× the
+    work) and XLA:CPU sees only pads, slices and dots, in the generator's backward pass too.
+
+    Args:
+      lhs: (B, H, W, C) input.
+      rhs: (kh, kw, C, O) kernel, or (kh, kw, O, C) with ``transpose_kernel``.
+      strides: (sh, sw), the upsampling factors.
+      padding: "SAME" or "VALID" of the forward conv, or ((lo, hi), (lo, hi)) of the
+        dilated input, used as given (``lax.conv_transpose``'s convention).
+      rhs_dilation, dimension_numbers: None / ones and None / NHWC (all that is supported).
+      transpose_kernel: flip the kernel spatially and swap its channel axes, which makes
+        this the gradient of a forward conv with ``rhs`` (flax's ``transpose_kernel``).
+      precision, preferred_element_type: passed to the contractions.
+
+    Returns:
+      (B, Ho, Wo, O), (H·sh, W·sw) for "SAME"; the same values as ``lax.conv_transpose``.
+    """
+    if rhs_dilation is not None and any(d != 1 for d in rhs_dilation):
+        raise ValueError(f"patch_matmul_conv_transpose does not support "
+                         f"rhs_dilation={rhs_dilation}")
+    lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+    if lhs.ndim != 4 or rhs.ndim != 4:
+        raise ValueError(f"patch_matmul_conv_transpose needs lhs (B, H, W, C) and a 4-D rhs, "
+                         f"got lhs {lhs.shape} and rhs {rhs.shape}")
+    if transpose_kernel:
+        rhs = jnp.flip(rhs, axis=(0, 1)).swapaxes(2, 3)
+    kernel, strides = rhs.shape[:2], tuple(strides)
+    if isinstance(padding, str):
+        pads = [transposed_conv_padding(k, s, padding) for k, s in zip(kernel, strides)]
+    else:
+        pads = [tuple(pair) for pair in padding]
+    sizes = lhs.shape[1:3]
+    # Output side of a stride-1 conv over the dilated, padded input: (n−1)s + 1 + a + b − k + 1.
+    out = [(n - 1) * s + 2 + a + b - k for n, s, (a, b), k in zip(sizes, strides, pads, kernel)]
+    per_phase = [-(-o // s) for o, s in zip(out, strides)]   # rows computed per phase
+    phases = []
+    for phase_h in range(strides[0]):
+        row = []
+        for phase_w in range(strides[1]):
+            taps, offsets, sub_pads = [], [], []
+            for axis, phase in ((0, phase_h), (1, phase_w)):
+                t0, count, offset = _phase(kernel[axis], strides[axis], pads[axis][0], phase)
+                taps.append(slice(t0, None, strides[axis]))
+                sub_pads.append((-offset, per_phase[axis] + count - 2 + offset
+                                 - (sizes[axis] - 1)))
+                offsets.append(count)
+            if 0 in offsets:   # no tap reaches this phase: zeros
+                row.append(jnp.zeros((lhs.shape[0], *per_phase, rhs.shape[3]),
+                                     preferred_element_type or jnp.result_type(lhs, rhs)))
+                continue
+            row.append(patch_matmul_conv(lhs, rhs[taps[0], taps[1]], (1, 1), sub_pads,
+                                         dimension_numbers=dimension_numbers,
+                                         precision=precision,
+                                         preferred_element_type=preferred_element_type))
+        phases.append(jnp.stack(row, axis=3))                 # [B, Qh, Qw, sw, O]
+    y = jnp.stack(phases, axis=2)                             # [B, Qh, sh, Qw, sw, O]
+    y = y.reshape(lhs.shape[0], per_phase[0] * strides[0], per_phase[1] * strides[1], -1)
+    return y[:, :out[0], :out[1]]
+
+
+def conv_for_backend(name: str = "auto", backend: str | None = None, *,
+                     transpose: bool = False) -> ConvFn:
+    """The convolution function to hand to a conv layer (``nn.Conv``'s
+    ``conv_general_dilated``, or with ``transpose`` a ``lax.conv_transpose`` stand-in).
+
+    Args:
+      name: "xla" (lax's own), "patch_matmul" (`patch_matmul_conv` /
+        `patch_matmul_conv_transpose`) or "auto": patch_matmul on the CPU backend, xla on
+        GPU and TPU.
+      backend: the platform "auto" decides for; None is ``jax.default_backend()``.
+      transpose: the transposed conv instead of the forward one.
+
+    Raises:
+      ValueError: an unknown name.
+    """
+    if name not in CONV_IMPLEMENTATIONS:
+        raise ValueError(f"conv must be one of {CONV_IMPLEMENTATIONS}, got {name!r}")
+    if name == "auto":
+        name = "patch_matmul" if (backend or jax.default_backend()) == "cpu" else "xla"
+    if transpose:
+        return patch_matmul_conv_transpose if name == "patch_matmul" else lax.conv_transpose
+    return patch_matmul_conv if name == "patch_matmul" else lax.conv_general_dilated
