@@ -9,8 +9,10 @@ per row) and `OUT/NAME.md` (the markdown table).
 
 import dataclasses
 import json
+import math
 import pathlib
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +31,8 @@ class Row:
     compile_s: float | None         # trace + compile (jax) or first call (others)
     repeats: int
     baseline: bool = False
-    temp_bytes: int | None = None   # XLA compiled memory analysis
+    temp_bytes: int | None = None   # XLA compiled memory analysis (all temporaries)
+    largest_array_bytes: int | None = None  # the largest array in the optimised HLO
     argument_bytes: int | None = None
     output_bytes: int | None = None
     peak_device_bytes: int | None = None  # device memory stats, where the device has them
@@ -63,6 +66,25 @@ def _median_time(call: Callable[[], Any], repeats: int, sync: Callable[[Any], An
         sync(call())
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+_HLO_ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16|c64|c128)\[([\d,]*)\]")
+_HLO_BITS = {"pred": 8, "bf16": 16, "c64": 64, "c128": 128}
+
+
+def largest_hlo_array_bytes(hlo_text: str) -> int:
+    """Bytes of the largest array shape written anywhere in an HLO module's text.
+
+    Every value of a compiled program (parameters, temporaries inside loops, outputs) appears
+    with its shape, e.g. ``f32[8,1024,64]``: the largest is what "no n×n buffer" is about,
+    where the memory analysis only gives the sum of the temporaries.
+    """
+    largest = 0
+    for dtype, dims in _HLO_ARRAY.findall(hlo_text):
+        bits = _HLO_BITS.get(dtype) or int(dtype[1:])
+        elements = math.prod(int(d) for d in dims.split(",") if d)
+        largest = max(largest, elements * bits // 8)
+    return largest
 
 
 def _shapes(args) -> str:
@@ -104,6 +126,7 @@ class Report:
         row = Row(group=group, impl=impl, median_s=median, compile_s=compile_s,
                   repeats=repeats, baseline=baseline,
                   temp_bytes=getattr(memory, "temp_size_in_bytes", None),
+                  largest_array_bytes=largest_hlo_array_bytes(compiled.as_text()),
                   argument_bytes=getattr(memory, "argument_size_in_bytes", None),
                   output_bytes=getattr(memory, "output_size_in_bytes", None),
                   peak_device_bytes=_peak_device_bytes(), flops=flops,

@@ -26,7 +26,6 @@ which also skips the accuracy metric).
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec

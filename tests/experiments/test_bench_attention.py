@@ -1,8 +1,8 @@
 """Tests for the sparse-attention benchmark (issue 5, item 6).
 
 One quick run (n = 1024 and 2048, 2 heads × 16) checks that every path produced a row, that
-the efficient paths' compiled temp memory has no room for an (H, n, n) float32 buffer while
-the dense ones do, and that each row's useful FLOPs come from the number of allowed pairs of
+the efficient paths' compiled temp memory has no room for an (H, n, n) float32 buffer, and no
+array of theirs is that large, while the dense ones have both, and that each row's useful FLOPs come from the number of allowed pairs of
 the pattern's dense mask. The FLOP count and the FlexAttention mask_mods are held to
 `kernels.attention.dense_mask`, so the benchmark's comparisons are of the same function.
 """
@@ -57,8 +57,17 @@ def test_efficient_paths_have_no_logit_buffer_and_dense_paths_do(quick_report):
         assert row.extra["logit_buffer_bytes"] == logit_bytes
         if row.extra["path"] == "efficient":
             assert row.temp_bytes < logit_bytes, (row.impl, length, row.temp_bytes)
+            assert row.largest_array_bytes < logit_bytes, (row.impl, length)
         else:  # the check can fail: the dense paths do hold (H, n, n) logits
             assert row.temp_bytes >= logit_bytes, (row.impl, length, row.temp_bytes)
+            assert row.largest_array_bytes >= logit_bytes, (row.impl, length)
+
+
+def test_largest_hlo_array_bytes():
+    text = "%p = f32[8,1024,64]{2,1,0} parameter(0)\n%m = pred[8,1024,1024] compare(...)\n" \
+           "%s = bf16[3]{0} constant({1, 2, 3})\n%t = (s32[], f32[2,2]) tuple(...)"
+    assert harness.largest_hlo_array_bytes(text) == 8 * 1024 * 1024      # the pred mask
+    assert harness.largest_hlo_array_bytes("%x = f64[10,10] add(...)") == 800
 
 
 def test_row_flops_count_the_allowed_pairs_of_the_dense_mask(quick_report):
