@@ -46,8 +46,8 @@ def patch_matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
     Every kh×kw window of the padded input is gathered with kh + kw strided slices into
     (B, Ho, kh, Wo, kw, C) and contracted with the kernel in one ``einsum``. Its
     derivatives of any order are pads, slices and dots, which XLA:CPU runs at matmul speed,
-    whereas it runs some gradient convolutions of a strided conv as slow loops (module
-    docstring, finding 1). The price is the windows' memory: kh·kw/(sh·sw) times the input.
+    whereas it runs some gradient convolutions of a strided conv as slow loops (see the
+    module docstring). The price is the windows' memory: kh·kw/(sh·sw) times the input.
 
     Args:
       lhs: (B, H, W, C) input.
@@ -115,7 +115,7 @@ def transposed_conv_padding(kernel_size: int, stride: int, padding: str) -> tupl
 
 
 def _phase(kernel_size: int, stride: int, before: int, phase: int) -> tuple[int, int, int]:
-    """The taps of one output phase of a transposed conv (module docstring of the caller).
+    """The taps of one output phase of a transposed conv (see `patch_matmul_conv_transpose`).
 
     Output o = s·q + phase of the stride-s transposed conv reads the zero-dilated, padded
     input at o + t − before, which is a real input row only when t ≡ before − phase (mod s).
@@ -173,14 +173,16 @@ def patch_matmul_conv_transpose(lhs, rhs, strides, padding, rhs_dilation=None,
     for phase_h in range(strides[0]):
         row = []
         for phase_w in range(strides[1]):
-            taps, offsets, sub_pads = [], [], []
+            taps, counts, sub_pads = [], [], []
             for axis, phase in ((0, phase_h), (1, phase_w)):
                 t0, count, offset = _phase(kernel[axis], strides[axis], pads[axis][0], phase)
                 taps.append(slice(t0, None, strides[axis]))
+                # Rows q < Q read input rows q + m + offset (m < count): pad −offset before and
+                # up to row Q − 1 + count − 1 + offset after (negative pads crop).
                 sub_pads.append((-offset, per_phase[axis] + count - 2 + offset
                                  - (sizes[axis] - 1)))
-                offsets.append(count)
-            if 0 in offsets:   # no tap reaches this phase: zeros
+                counts.append(count)
+            if 0 in counts:   # no tap reaches this phase: zeros
                 row.append(jnp.zeros((lhs.shape[0], *per_phase, rhs.shape[3]),
                                      preferred_element_type or jnp.result_type(lhs, rhs)))
                 continue
