@@ -63,14 +63,22 @@ def tfidf_retrieval_metrics(sentences: list[str], labels: np.ndarray, ks=(1, 5, 
     return retrieval.metrics_from_neighbours(neighbours, labels, ks)
 
 
+def held_out_tfidf_metrics(path, train_fraction: float) -> dict[str, float]:
+    """`tfidf_retrieval_metrics` on the validation groups of the experiment's open-set split
+    of a groups file (the sentences every trained model is scored on)."""
+    groups, _ = input_pipeline.read_groups(path)
+    valid = input_pipeline.split_by_group(groups, train_fraction).valid
+    return tfidf_retrieval_metrics(valid.sentences, valid.group_ids)
+
+
 def main(argv=None) -> None:
+    from experiments.sentence_similarity import config as config_lib
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("groups", help="group_id<TAB>sentence file")
-    parser.add_argument("--train_fraction", type=float, default=0.9)
+    parser.add_argument("--train_fraction", type=float,
+                        default=config_lib.get_config().data.train_fraction)
     args = parser.parse_args(argv)
-    groups, _ = input_pipeline.read_groups(args.groups)
-    valid = input_pipeline.split_by_group(groups, args.train_fraction).valid
-    print(json.dumps(tfidf_retrieval_metrics(valid.sentences, valid.group_ids)))
+    print(json.dumps(held_out_tfidf_metrics(args.groups, args.train_fraction)))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import time
 from experiments import configs
 from experiments.sentence_similarity import baseline
 from experiments.sentence_similarity import config as config_lib
-from experiments.sentence_similarity import input_pipeline
 from experiments.sentence_similarity import train
 
 # SPEC §1.7: the seed's private corpus (~100k groups of 5-10 sentences), 30 epochs.
@@ -41,7 +40,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     for kind, final_state in RUNS:
-        name = kind if final_state == "last_step" else f"{kind}:{final_state}"
+        name = _run_name(kind, final_state)
         if args.only and name not in args.only:
             continue
         config = config_lib.get_config()
@@ -61,6 +60,11 @@ def main(argv=None) -> None:
     print(table)
 
 
+def _run_name(kind: str, final_state: str) -> str:
+    """"am" for the seed's last_step state, "am:masked" otherwise."""
+    return kind if final_state == "last_step" else f"{kind}:{final_state}"
+
+
 def _latest_rows(path: pathlib.Path, epochs: int) -> list[tuple[str, dict]]:
     """The last logged result of each run trained for `epochs`, in RUNS order."""
     latest = {}
@@ -68,7 +72,7 @@ def _latest_rows(path: pathlib.Path, epochs: int) -> list[tuple[str, dict]]:
         record = json.loads(line)
         if record.get("epochs") == epochs:
             latest[record["run"]] = record
-    order = [k if f == "last_step" else f"{k}:{f}" for k, f in RUNS]
+    order = [_run_name(kind, final_state) for kind, final_state in RUNS]
     return [(name, latest[name]) for name in order if name in latest]
 
 
@@ -77,9 +81,8 @@ def render(rows, args) -> str:
              "Adam 1e-3, s = 30, m = 0.35; best top-1 checkpoint; validation = held-out groups)",
              "", "| loss | final state | top-1 | top-5 | top-10 | MAP@R | FAQ P / R at threshold | "
              "seed top-1 / 5 / 10 (SPEC §1.7) |", "|---|---|---|---|---|---|---|---|"]
-    groups, _ = input_pipeline.read_groups(args.data)
-    valid = input_pipeline.split_by_group(groups, config_lib.get_config().data.train_fraction).valid
-    tfidf = baseline.tfidf_retrieval_metrics(valid.sentences, valid.group_ids)
+    tfidf = baseline.held_out_tfidf_metrics(args.data,
+                                            config_lib.get_config().data.train_fraction)
     lines.append(f"| char 1-2-gram TF-IDF, no training (baseline.py) | — | {tfidf['top1']:.4f} "
                  f"| {tfidf['top5']:.4f} | {tfidf['top10']:.4f} | {tfidf['map_at_r']:.4f} | — | — |")
     for name, s in rows:
