@@ -168,6 +168,9 @@ def patch_matmul_conv_transpose(lhs, rhs, strides, padding, rhs_dilation=None,
     sizes = lhs.shape[1:3]
     # Output side of a stride-1 conv over the dilated, padded input: (n−1)s + 1 + a + b − k + 1.
     out = [(n - 1) * s + 2 + a + b - k for n, s, (a, b), k in zip(sizes, strides, pads, kernel)]
+    out_dtype = preferred_element_type or jnp.result_type(lhs, rhs)
+    if min(out) <= 0:   # the padding crops everything: an empty output, as lax's
+        return jnp.zeros((lhs.shape[0], *(max(o, 0) for o in out), rhs.shape[3]), out_dtype)
     per_phase = [-(-o // s) for o, s in zip(out, strides)]   # rows computed per phase
     phases = []
     for phase_h in range(strides[0]):
@@ -183,8 +186,7 @@ def patch_matmul_conv_transpose(lhs, rhs, strides, padding, rhs_dilation=None,
                                  - (sizes[axis] - 1)))
                 counts.append(count)
             if 0 in counts:   # no tap reaches this phase: zeros
-                row.append(jnp.zeros((lhs.shape[0], *per_phase, rhs.shape[3]),
-                                     preferred_element_type or jnp.result_type(lhs, rhs)))
+                row.append(jnp.zeros((lhs.shape[0], *per_phase, rhs.shape[3]), out_dtype))
                 continue
             row.append(patch_matmul_conv(lhs, rhs[taps[0], taps[1]], (1, 1), sub_pads,
                                          dimension_numbers=dimension_numbers,
@@ -192,7 +194,8 @@ def patch_matmul_conv_transpose(lhs, rhs, strides, padding, rhs_dilation=None,
                                          preferred_element_type=preferred_element_type))
         phases.append(jnp.stack(row, axis=3))                 # [B, Qh, Qw, sw, O]
     y = jnp.stack(phases, axis=2)                             # [B, Qh, sh, Qw, sw, O]
-    y = y.reshape(lhs.shape[0], per_phase[0] * strides[0], per_phase[1] * strides[1], -1)
+    y = y.reshape(lhs.shape[0], per_phase[0] * strides[0], per_phase[1] * strides[1],
+                  rhs.shape[3])
     return y[:, :out[0], :out[1]]
 
 
