@@ -55,6 +55,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels.cpu import band_attention as cpu_band
+
 Array = jax.Array
 
 # The log-sum-exp of a query with no allowed key. Finite, so that merging two empty parts
@@ -177,6 +179,7 @@ class Fixed:
 
 
 Pattern = Union[Full, Atrous, Local, Sparse, Strided, Fixed]
+IMPLEMENTATIONS = ("auto", "xla", "cpu_kernel")
 _PATTERNS = (Full, Atrous, Local, Sparse, Strided, Fixed)
 
 
@@ -368,25 +371,54 @@ def _band_mask(t, *, window: int, block: int, width: int) -> Array:
     return ((offset >= 0) & (offset <= width))[None]
 
 
-def _band_attention(q, k, v, key_valid, *, lo: int, hi: int,
+def _band_attention(q, k, v, key_valid, *, lo: int, hi: int, implementation: str = "xla",
                     block: int | None = None) -> tuple[Array, Array]:
-    """Attention of query i to the keys lo ≤ j − i ≤ hi (lo ≤ 0 ≤ hi), by query blocks.
+    """Attention of query i to the keys lo ≤ j − i ≤ hi (lo ≤ 0 ≤ hi).
 
-    Query block t (rows t·B … t·B + B − 1) needs keys t·B + lo … t·B + B − 1 + hi: a window
-    of W = B + hi − lo keys, cut from ⌈W/B⌉ consecutive blocks of the keys padded by −lo
-    rows in front. The band is then the same [W, B] mask 0 ≤ w − u ≤ hi − lo in every block.
+    ``implementation`` "xla" computes it by query blocks (`_blocked_band_attention`),
+    "cpu_kernel" with `kernels.cpu.band_attention`, and "auto" with the CPU kernel when the
+    computation runs on a CPU and the kernel takes the arrays, by blocks elsewhere.
 
     Args:
       q, k, v: [L, *batch, D], [L, *batch, D], [L, *batch, E].
       key_valid: bool [L, *batch', 1].
       lo, hi: the band's offsets.
-      block: the query block B; by default `_band_block_size`.
+      implementation: "xla", "cpu_kernel" or "auto" (static).
+      block: the XLA path's query block B; by default `_band_block_size`.
 
     Returns:
       out: [L, *batch, E] and lse: [L, *batch].
     """
     length = q.shape[0]
     lo, hi = max(lo, 1 - length), min(hi, length - 1)  # offsets beyond the sequence: no key
+    blocked = functools.partial(_blocked_band_attention, lo=lo, hi=hi, block=block)
+    if implementation == "xla" or (implementation == "auto"
+                                   and cpu_band.unsupported_reason(q, v) is not None):
+        return blocked(q, k, v, key_valid)
+    kernel = functools.partial(_kernel_band_attention, lo=lo, hi=hi)
+    if implementation == "cpu_kernel":
+        return kernel(q, k, v, key_valid)
+    return jax.lax.platform_dependent(q, k, v, key_valid, cpu=kernel, default=blocked)
+
+
+def _kernel_band_attention(q, k, v, key_valid, *, lo: int, hi: int) -> tuple[Array, Array]:
+    """`_band_attention` by the CPU kernel, which wants each group's rows contiguous."""
+    valid = jnp.broadcast_to(key_valid[..., 0], q.shape[:-1])
+    out, lse = cpu_band.band_attention(*(jnp.moveaxis(x, 0, -2) for x in (q, k, v)),
+                                       jnp.moveaxis(valid, 0, -1), lo=lo, hi=hi)
+    return jnp.moveaxis(out, -2, 0), jnp.moveaxis(lse, -1, 0)
+
+
+def _blocked_band_attention(q, k, v, key_valid, *, lo: int, hi: int,
+                            block: int | None = None) -> tuple[Array, Array]:
+    """`_band_attention` in XLA, by query blocks.
+
+    Query block t (rows t·B … t·B + B − 1) needs keys t·B + lo … t·B + B − 1 + hi: a window
+    of W = B + hi − lo keys, cut from ⌈W/B⌉ consecutive blocks of the keys padded by −lo
+    rows in front. The band is then the same [W, B] mask 0 ≤ w − u ≤ hi − lo in every block.
+    Arguments and results as in `_band_attention`, with lo, hi already inside the sequence.
+    """
+    length = q.shape[0]
     block = block or _band_block_size(hi - lo + 1, length)
     num_blocks = -(-length // block)
     window = block + hi - lo
@@ -508,47 +540,51 @@ def _nonnegative_offset(offset):
     return offset >= 0
 
 
-def _full(q, k, v, key_valid, pattern: Full, causal: bool):
-    del pattern
+def _full(q, k, v, key_valid, pattern: Full, causal: bool, implementation: str):
+    del pattern, implementation
     allowed = _nonnegative_offset if causal else _any_offset
     return _residue_attention(q, k, v, key_valid, rate=1, allowed_offsets=allowed)[0]
 
 
-def _atrous(q, k, v, key_valid, pattern: Atrous, causal: bool):
+def _atrous(q, k, v, key_valid, pattern: Atrous, causal: bool, implementation: str):
+    del implementation
     allowed = _nonnegative_offset if causal else _any_offset
     return _residue_attention(q, k, v, key_valid, rate=pattern.rate,
                               allowed_offsets=allowed)[0]
 
 
-def _local(q, k, v, key_valid, pattern: Local, causal: bool):
+def _local(q, k, v, key_valid, pattern: Local, causal: bool, implementation: str):
     # Dilation d: inside each residue group mod d the band is contiguous, of radius k.
     length, d = q.shape[0], pattern.dilation
     q, k, v, key_valid = (_to_residue_groups(x, d) for x in (q, k, v, key_valid))
     out, _ = _band_attention(q, k, v, key_valid, lo=-pattern.radius,
-                             hi=0 if causal else pattern.radius)
+                             hi=0 if causal else pattern.radius,
+                             implementation=implementation)
     return _from_residue_groups(out, length)
 
 
-def _sparse(q, k, v, key_valid, pattern: Sparse, causal: bool):
+def _sparse(q, k, v, key_valid, pattern: Sparse, causal: bool, implementation: str):
     near = pattern.rate - 1
-    band = _band_attention(q, k, v, key_valid, lo=-near, hi=0 if causal else near)
+    band = _band_attention(q, k, v, key_valid, lo=-near, hi=0 if causal else near,
+                           implementation=implementation)
     # Offset 0 (self) is in the band already; every other multiple of the rate is not.
     far = (lambda o: o > 0) if causal else (lambda o: o != 0)
     strided = _residue_attention(q, k, v, key_valid, rate=pattern.rate, allowed_offsets=far)
     return _merge([band, strided])
 
 
-def _strided(q, k, v, key_valid, pattern: Strided, causal: bool):
+def _strided(q, k, v, key_valid, pattern: Strided, causal: bool, implementation: str):
     del causal  # causal by definition
-    band = _band_attention(q, k, v, key_valid, lo=-pattern.stride, hi=0)
+    band = _band_attention(q, k, v, key_valid, lo=-pattern.stride, hi=0,
+                           implementation=implementation)
     # Offsets 0 and stride (slot offsets 0 and 1) are in the band already.
     strided = _residue_attention(q, k, v, key_valid, rate=pattern.stride,
                                  allowed_offsets=lambda o: o >= 2)
     return _merge([band, strided])
 
 
-def _fixed(q, k, v, key_valid, pattern: Fixed, causal: bool):
-    del causal  # causal by definition
+def _fixed(q, k, v, key_valid, pattern: Fixed, causal: bool, implementation: str):
+    del causal, implementation  # causal by definition; no band part
     own_block = _causal_block_attention(q, k, v, key_valid, stride=pattern.stride)
     summaries = _summary_attention(q, k, v, key_valid, stride=pattern.stride,
                                    summary=pattern.summary)
@@ -559,18 +595,18 @@ _IMPLEMENTATIONS = {Full: _full, Atrous: _atrous, Local: _local, Sparse: _sparse
                     Strided: _strided, Fixed: _fixed}
 
 
-@functools.partial(jax.jit, static_argnames=("pattern", "causal"))
-def _attention(q, k, v, key_mask, pattern, causal):
+@functools.partial(jax.jit, static_argnames=("pattern", "causal", "implementation"))
+def _attention(q, k, v, key_mask, pattern, causal, implementation):
     scale = 1.0 / math.sqrt(q.shape[-1])
     q, k, v = (jnp.swapaxes(x, 0, 1) for x in (q * jnp.asarray(scale, q.dtype), k, v))
     key_valid = jnp.swapaxes(key_mask, 0, 1)[:, :, None, None]  # [N, B, 1, 1]
     out = _IMPLEMENTATIONS[type(pattern)](q, k, v, key_valid, pattern,
-                                          _is_causal(pattern, causal))
+                                          _is_causal(pattern, causal), implementation)
     return jnp.swapaxes(out, 0, 1).astype(v.dtype)
 
 
 def attention(q: Array, k: Array, v: Array, pattern: Pattern, *, causal: bool = False,
-              key_mask: Array | None = None) -> Array:
+              key_mask: Array | None = None, implementation: str = "auto") -> Array:
     """Scaled dot-product self-attention restricted to ``pattern``, without an N×N array.
 
     Softmax scale 1/sqrt(D) (SPEC §4.1). Differentiable in q, k and v. Equal to
@@ -583,18 +619,33 @@ def attention(q: Array, k: Array, v: Array, pattern: Pattern, *, causal: bool = 
       pattern: one of `Full`, `Atrous`, `Local`, `Sparse`, `Strided`, `Fixed` (static).
       causal: also require j ≤ i (`Strided` and `Fixed` are causal regardless).
       key_mask: optional bool [B, N]; False marks padding keys nobody may attend.
+      implementation: how the band parts of `Local`, `Sparse` and `Strided` are computed:
+        "auto" (the default) by the CPU kernel `kernels.cpu.band_attention` when the
+        computation runs on a CPU and the kernel takes the arrays (float32, head dims
+        multiples of 8, a C++ compiler on the machine), by blocked XLA elsewhere; "xla"
+        always by blocked XLA; "cpu_kernel" always by the CPU kernel (CPU only). The other
+        parts and patterns are XLA in every case.
 
     Returns:
       [B, N, H, E] in the dtype of ``v``; zeros for a query with no allowed key.
 
     Raises:
-      ValueError: on mismatched shapes, naming the argument and the shapes.
+      ValueError: on mismatched shapes, naming the argument and the shapes; on an unknown
+        ``implementation``, or "cpu_kernel" for arrays the kernel does not take.
       TypeError: if ``pattern`` is not one of the pattern classes.
     """
     _validate(q, k, v, pattern, key_mask)
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, "
+                         f"got {implementation!r}")
+    if implementation == "cpu_kernel":
+        reason = cpu_band.unsupported_reason(q, v)
+        if reason is not None:
+            raise ValueError(f"implementation='cpu_kernel': {reason}")
     if key_mask is None:
         key_mask = jnp.ones(q.shape[:2], bool)
-    return _attention(q, k, v, jnp.asarray(key_mask, bool), pattern, bool(causal))
+    return _attention(q, k, v, jnp.asarray(key_mask, bool), pattern, bool(causal),
+                      implementation)
 
 
 def dense_mask(pattern: Pattern, length: int, *, causal: bool = False) -> Array:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from kernels import attention as attn
 from kernels.attention import Atrous, Fixed, Full, Local, Sparse, Strided
+from kernels.cpu import band_attention as cpu_band
 
 ALL_PATTERNS = [Full(), Atrous(1), Atrous(2), Atrous(5), Local(1), Local(3), Local(9),
                 Local(4, 2), Local(2, 3), Sparse(1), Sparse(3), Sparse(6), Strided(1),
@@ -62,6 +63,18 @@ def random_inputs(seed, batch, length, heads, head_dim=8, value_dim=None, p_vali
     return [jnp.asarray(x, jnp.float32) for x in (q, k, v, cotangent)] + [jnp.asarray(key_mask)]
 
 
+# The band parts of Local, Sparse and Strided by blocked XLA, and by the CPU kernel
+# (kernels/cpu; tests/kernels/test_cpu_band_attention.py skips when it cannot be built).
+IMPLEMENTATIONS = ["xla", "cpu_kernel"]
+
+
+def efficient(implementation):
+    """`attn.attention` with one implementation of the band parts."""
+    if implementation == "cpu_kernel" and not cpu_band.available():
+        pytest.skip("the CPU band-attention kernel could not be built here")
+    return functools.partial(attn.attention, implementation=implementation)
+
+
 @functools.partial(jax.jit, static_argnames=("fn", "pattern", "causal"))
 def output_and_grads(q, k, v, key_mask, cotangent, fn, pattern, causal):
     """fn's output and the vector-Jacobian product with ``cotangent`` w.r.t. q, k, v."""
@@ -70,9 +83,10 @@ def output_and_grads(q, k, v, key_mask, cotangent, fn, pattern, causal):
     return (out,) + vjp(cotangent)
 
 
-def assert_matches_reference(pattern, causal, q, k, v, key_mask, cotangent):
+def assert_matches_reference(pattern, causal, q, k, v, key_mask, cotangent,
+                             implementation="xla"):
     args = (q, k, v, key_mask, cotangent)
-    fast = output_and_grads(*args, fn=attn.attention, pattern=pattern, causal=causal)
+    fast = output_and_grads(*args, fn=efficient(implementation), pattern=pattern, causal=causal)
     slow = output_and_grads(*args, fn=attn.reference_attention, pattern=pattern, causal=causal)
     for name, got, want in zip(("out", "dq", "dk", "dv"), fast, slow):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{name} {pattern}")
@@ -135,14 +149,16 @@ def test_reference_matches_hand_written_softmax():
 # The efficient kernels against the reference, values and gradients.
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @settings(max_examples=12, deadline=None)
 @given(pattern=st.sampled_from(ALL_PATTERNS), length=st.sampled_from([1, 6, 23, 70]),
        heads=st.sampled_from([1, 2]), causal=st.booleans(), seed=st.integers(0, 2**16),
        p_valid=st.sampled_from([1.0, 0.7]))
-def test_attention_matches_reference(pattern, length, heads, causal, seed, p_valid):
+def test_attention_matches_reference(implementation, pattern, length, heads, causal, seed,
+                                     p_valid):
     inputs = random_inputs(seed, 2, length, heads, p_valid=p_valid)
     q, k, v, cotangent, key_mask = inputs
-    assert_matches_reference(pattern, causal, q, k, v, key_mask, cotangent)
+    assert_matches_reference(pattern, causal, q, k, v, key_mask, cotangent, implementation)
 
 
 @pytest.mark.parametrize("pattern, causal, chunk_bytes", [
@@ -178,14 +194,16 @@ def test_band_attention_any_block_size(lo, hi, block):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("pattern", [Atrous(2), Local(2, 3), Sparse(3), Strided(4), Fixed(4, 1)],
                          ids=repr)
-def test_queries_without_keys_give_zeros_and_finite_grads(pattern):
+def test_queries_without_keys_give_zeros_and_finite_grads(pattern, implementation):
     q, k, v, cotangent, _ = random_inputs(3, 2, 23, 2)
     key_mask = np.zeros((2, 23), bool)
     key_mask[1, -1] = True  # batch 0: no key at all; batch 1: with causal, only the last query
     out, dq, dk, dv = output_and_grads(q, k, v, jnp.asarray(key_mask), cotangent,
-                                       fn=attn.attention, pattern=pattern, causal=True)
+                                       fn=efficient(implementation), pattern=pattern,
+                                       causal=True)
     has_key = (attn.dense_mask(pattern, 23, causal=True)[None] & key_mask[:, None, :]).any(-1)
     assert not has_key[0].any() and not has_key[1, :-1].any()
     for grad in (out, dq, dk, dv):
@@ -219,11 +237,13 @@ def test_memory_check_sees_the_reference_n_by_n_buffer():
     assert _temp_bytes(attn.reference_attention, Local(8)) >= ONE_N_BY_N
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("pattern", [Full(), Atrous(16), Local(8, 4), Sparse(128), Strided(128),
                                      Fixed(128, 4)], ids=repr)
-def test_no_n_by_n_buffer_forward_and_backward(pattern):
-    # O(N) memory: a few MiB of chunk logits plus a few copies of q, k, v.
-    assert _temp_bytes(attn.attention, pattern) < ONE_N_BY_N / 16
+def test_no_n_by_n_buffer_forward_and_backward(pattern, implementation):
+    # O(N) memory: a few MiB of chunk logits plus a few copies of q, k, v. (The CPU kernel's
+    # own scratch is a few KiB per thread, outside XLA's accounting.)
+    assert _temp_bytes(efficient(implementation), pattern) < ONE_N_BY_N / 16
 
 
 # ------------------------------------------------------------------------------------------
@@ -257,3 +277,44 @@ def test_shapes_are_validated_before_tracing(fn):
             fn(kwargs["q"], kwargs["k"], kwargs["v"], Local(1), key_mask=kwargs["key_mask"])
     with pytest.raises(TypeError, match="pattern must be one of"):
         fn(q, q, q, "local")
+
+
+def test_implementation_is_validated():
+    q = jnp.zeros((1, 6, 1, 5))
+    with pytest.raises(ValueError, match=r"implementation must be one of .*got 'pallas'"):
+        attn.attention(q, q, q, Local(1), implementation="pallas")
+    with pytest.raises(ValueError, match="implementation='cpu_kernel': needs head dims that "
+                                         "are multiples of 8, got 5 and 5"):
+        attn.attention(q, q, q, Local(1), implementation="cpu_kernel")
+    with pytest.raises(ValueError, match="implementation='cpu_kernel': needs float32"):
+        attn.attention(q.astype(jnp.bfloat16), q, q, Local(1), implementation="cpu_kernel")
+
+
+# ------------------------------------------------------------------------------------------
+# Which implementation runs.
+
+
+def _compiled_text(head_dim, implementation, pattern=Local(3), dtype=jnp.float32):
+    x = jax.ShapeDtypeStruct((1, 40, 2, head_dim), dtype)
+    fn = functools.partial(attn.attention, pattern=pattern, implementation=implementation)
+    return jax.jit(fn).lower(x, x, x).compile().as_text()
+
+
+def test_auto_takes_the_cpu_kernel_where_it_applies():
+    if not cpu_band.available():
+        pytest.skip("the CPU band-attention kernel could not be built here")
+    kernel = "kexue_band_attention_forward"
+    assert kernel in _compiled_text(8, "auto")
+    assert kernel in _compiled_text(8, "auto", Sparse(4))
+    assert kernel in _compiled_text(8, "cpu_kernel")
+    assert kernel not in _compiled_text(8, "xla")
+    assert kernel not in _compiled_text(5, "auto")  # head dim not a multiple of 8
+    assert kernel not in _compiled_text(8, "auto", dtype=jnp.bfloat16)
+    assert kernel not in _compiled_text(8, "auto", Atrous(3))  # no band part
+
+
+def test_auto_falls_back_to_xla_when_the_kernel_is_unavailable(monkeypatch):
+    monkeypatch.setattr(cpu_band, "available", lambda: False)
+    assert "kexue_band_attention" not in _compiled_text(16, "auto", Local(5))
+    q, k, v, cotangent, key_mask = random_inputs(4, 1, 30, 2)
+    assert_matches_reference(Local(5), False, q, k, v, key_mask, cotangent, "auto")

@@ -1,0 +1,421 @@
+// Banded softmax attention on the CPU: query i attends the keys lo <= j - i <= hi.
+//
+// The hot path of kernels/attention.py's Local, Sparse and Strided patterns, as an XLA FFI
+// custom call (loaded by kernels/cpu/__init__.py; the XLA path there is the fallback and the
+// reference). XLA:CPU runs the batched 64-wide matmuls of a blocked band at under 20% of its
+// large-matmul speed and the band's exp as a separate pass; here a tile of TQ queries computes
+// its logits, softmax and output in cache, and only the keys the tile's band can reach.
+//
+// Layout: arrays are [..., L, F] row-major, every leading axis a group (batch × heads), so
+// a group's rows are contiguous. (Sequence-first [L, G, F] puts rows G·F floats apart: at
+// G·F = 512 the 144 key rows of a tile fall into 8 of L1's 64 sets, and the kernel ran 1.6×
+// slower, measured.) q is pre-scaled by the softmax scale; valid [..., L] marks the keys
+// that may be attended. A query with no allowed key gets a zero output and lse = kEmptyLse.
+//
+// Forward:  out[i] = Σ_j softmax_j(s_ij) v[j],  lse[i] = log Σ_j exp(s_ij),  s_ij = q_i·k_j.
+// Backward (flash-attention style, P recomputed from lse), with the cotangent of lse too:
+//   dP_ij = dout_i·v_j,  dS_ij = P_ij (dP_ij − (dout_i·out_i − dlse_i)),
+//   dq_i = Σ_j dS_ij k_j,  dk_j = Σ_i dS_ij q_i,  dv_j = Σ_i P_ij dout_i.
+//
+// Every matmul is one register-blocked micro-kernel, C[r][:] (+)= Σ_k A[r, k] · B[k][:],
+// with A read as broadcast scalars and B, C as rows of 8-float vectors (GCC vector
+// extensions: AVX/AVX2 on x86, NEON pairs on Arm).
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#ifndef KEXUE_BAND_CORE_ONLY
+#include "xla/ffi/api/ffi.h"
+namespace ffi = xla::ffi;
+#endif
+
+namespace {
+
+constexpr int VL = 8;          // floats per vector
+constexpr int kTileVecs = 2;   // query vectors per tile
+constexpr int TQ = VL * kTileVecs;  // queries per tile
+constexpr int kRows = 6;       // micro-kernel rows: 6 × 2 vector accumulators + 3 = 15 ymm
+constexpr float kEmptyLse = -1e30f;  // kernels/attention.py's _EMPTY_LSE
+
+typedef float vf __attribute__((vector_size(VL * sizeof(float)), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t)), aligned(4)));
+
+inline vf load(const float* p) { return *reinterpret_cast<const vf*>(p); }
+inline void store(float* p, vf x) { *reinterpret_cast<vf*>(p) = x; }
+inline vf splat(float x) { return vf{x, x, x, x, x, x, x, x}; }
+static_assert(VL == 8, "splat and the lane iota are written for 8 lanes");
+
+// exp(x) for x <= 0 (logits minus their maximum): Cody–Waite range reduction to
+// r in [−ln2/2, ln2/2] and a degree-6 polynomial (Cephes expf coefficients), about 2 ulp.
+// Inputs below −87 give about 1e-38, and callers zero the masked entries themselves.
+inline vf exp_nonpositive(vf x) {
+  x = x < splat(-87.0f) ? splat(-87.0f) : x;
+  const vf magic = splat(12582912.0f);  // 1.5·2^23: adding it rounds to an integer
+  vf t = x * splat(1.44269504088896341f) + magic;
+  vf n = t - magic;
+  vf r = x - n * splat(0.693359375f) + n * splat(2.12194440e-4f);
+  vf p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  vf y = p * r * r + r + splat(1.0f);
+  vi scale = (__builtin_convertvector(n, vi) + 127) << 23;
+  return y * reinterpret_cast<vf>(scale);
+}
+
+// C[r][c·VL …] (+)= Σ_{k<K} A[r·ars + k·aks] · B[k·bs + c·VL …], for R rows and NV vectors.
+template <int R, int NV, bool kAccumulate>
+inline void micro(int K, const float* A, long ars, long aks, const float* B, long bs,
+                  float* C, long cs) {
+  vf acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NV; ++c) acc[r][c] = kAccumulate ? load(C + r * cs + c * VL) : vf{};
+  for (int k = 0; k < K; ++k) {
+    vf b[NV];
+    for (int c = 0; c < NV; ++c) b[c] = load(B + k * bs + c * VL);
+    for (int r = 0; r < R; ++r) {
+      vf a = splat(A[r * ars + k * aks]);
+      for (int c = 0; c < NV; ++c) acc[r][c] += a * b[c];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NV; ++c) store(C + r * cs + c * VL, acc[r][c]);
+}
+
+template <int NV, bool kAccumulate>
+inline void micro_rows(int R, int K, const float* A, long ars, long aks, const float* B,
+                       long bs, float* C, long cs) {
+  switch (R) {
+    case 1: return micro<1, NV, kAccumulate>(K, A, ars, aks, B, bs, C, cs);
+    case 2: return micro<2, NV, kAccumulate>(K, A, ars, aks, B, bs, C, cs);
+    case 3: return micro<3, NV, kAccumulate>(K, A, ars, aks, B, bs, C, cs);
+    case 4: return micro<4, NV, kAccumulate>(K, A, ars, aks, B, bs, C, cs);
+    case 5: return micro<5, NV, kAccumulate>(K, A, ars, aks, B, bs, C, cs);
+    default: return micro<6, NV, kAccumulate>(K, A, ars, aks, B, bs, C, cs);
+  }
+}
+
+// C[M][N] (+)= A[M][K] · B[K][N] with A strided (ars, aks), B and C rows of N floats
+// (N a multiple of VL) with strides bs and cs.
+template <bool kAccumulate>
+void matmul(int M, int N, int K, const float* A, long ars, long aks, const float* B, long bs,
+            float* C, long cs) {
+  for (int m = 0; m < M; m += kRows) {
+    int rows = std::min(kRows, M - m);
+    const float* a = A + m * ars;
+    float* c = C + m * cs;
+    int n = 0;
+    for (; n + 2 * VL <= N; n += 2 * VL)
+      micro_rows<2, kAccumulate>(rows, K, a, ars, aks, B + n, bs, c + n, cs);
+    if (n < N) micro_rows<1, kAccumulate>(rows, K, a, ars, aks, B + n, bs, c + n, cs);
+  }
+}
+
+struct Dims {
+  int64_t G, L, D, E;  // groups, length, key and value features
+};
+
+// The inputs every pass reads: q, k [G][L][D], v [G][L][E], valid [G][L].
+struct Band {
+  Dims d;
+  int64_t lo, hi;
+  const float *q, *k, *v;
+  const bool* valid;
+
+  int64_t tiles() const { return (d.L + TQ - 1) / TQ; }
+  int64_t window() const { return TQ + hi - lo; }  // keys a tile can reach
+};
+
+// One tile: queries i0 … i0 + nq − 1 of a group, and the keys j0 … j0 + W − 1 its band
+// reaches inside the sequence.
+struct Tile {
+  int64_t i0, nq, j0, W;
+  Tile(int64_t first, const Band& b) : i0(first) {
+    nq = std::min<int64_t>(TQ, b.d.L - i0);
+    j0 = std::max<int64_t>(0, i0 + b.lo);
+    W = std::max<int64_t>(0, std::min<int64_t>(b.d.L, i0 + nq + b.hi) - j0);
+  }
+};
+
+// The lanes of query vector c (queries i0 + c·VL …) that may attend key row w of the tile:
+// lo ≤ j − i ≤ hi, a real query, and a valid key.
+inline vi allowed_lanes(const Band& b, const Tile& t, int64_t w, int c, bool valid_key) {
+  const vi lane = vi{0, 1, 2, 3, 4, 5, 6, 7} + c * VL;
+  const int64_t offset = t.j0 + w - t.i0;  // j − i0 = (j − i) + u
+  const vi ok = (lane >= static_cast<int32_t>(offset - b.hi)) &
+                (lane <= static_cast<int32_t>(offset - b.lo)) &
+                (lane < static_cast<int32_t>(t.nq));
+  return valid_key ? ok : vi{};
+}
+
+// Rows [n][F] → columns [F][TQ], zero past n.
+inline void pack_transposed(const float* x, int64_t n, int64_t F, float* out) {
+  if (n < TQ) std::memset(out, 0, sizeof(float) * F * TQ);
+  for (int64_t u = 0; u < n; ++u)
+    for (int64_t f = 0; f < F; ++f) out[f * TQ + u] = x[u * F + f];
+}
+
+// Columns [F][TQ] → rows [n][F], each scaled by its query's factor.
+inline void unpack_transposed(const float* x, int64_t n, int64_t F, const float* scale,
+                              float* out) {
+  for (int64_t u = 0; u < n; ++u)
+    for (int64_t f = 0; f < F; ++f) out[u * F + f] = x[f * TQ + u] * scale[u];
+}
+
+// Forward of one tile (task = g·tiles + tile): out rows and lse of its queries.
+void forward_tile(const Band& b, float* out, float* lse, int64_t task, float* scratch) {
+  const Dims& d = b.d;
+  const int64_t g = task / b.tiles();
+  const Tile t(task % b.tiles() * TQ, b);
+  const float* q_rows = b.q + (g * d.L + t.i0) * d.D;
+  const float* k_rows = b.k + (g * d.L + t.j0) * d.D;
+  const float* v_rows = b.v + (g * d.L + t.j0) * d.E;
+  const bool* valid_keys = b.valid + g * d.L + t.j0;
+  float* qt = scratch;                  // [D][TQ]
+  float* s = qt + d.D * TQ;             // [W][TQ]: logits, then probabilities
+  float* ot = s + b.window() * TQ;      // [E][TQ]
+
+  pack_transposed(q_rows, t.nq, d.D, qt);
+  matmul<false>(t.W, TQ, d.D, k_rows, d.D, 1, qt, TQ, s, TQ);  // s[w][u] = k_w · q_u
+
+  alignas(32) float shift[TQ], total[TQ], inverse[TQ];
+  for (int c = 0; c < kTileVecs; ++c) {
+    vf m = splat(-INFINITY);
+    for (int64_t w = 0; w < t.W; ++w) {
+      float* x = s + w * TQ + c * VL;
+      const vf logit = allowed_lanes(b, t, w, c, valid_keys[w]) ? load(x) : splat(-INFINITY);
+      store(x, logit);
+      m = logit > m ? logit : m;
+    }
+    m = m == splat(-INFINITY) ? vf{} : m;  // no allowed key: any finite shift
+    vf sum{};
+    for (int64_t w = 0; w < t.W; ++w) {
+      float* x = s + w * TQ + c * VL;
+      const vf logit = load(x);
+      const vf weight = logit == splat(-INFINITY) ? vf{} : exp_nonpositive(logit - m);
+      store(x, weight);
+      sum += weight;
+    }
+    store(shift + c * VL, m);
+    store(total + c * VL, sum);
+    store(inverse + c * VL, sum > vf{} ? splat(1.0f) / sum : vf{});
+  }
+  // outᵀ[e][u] = Σ_w v[w][e] · P[w][u], then out[u][e] = outᵀ[e][u] / total[u]
+  matmul<false>(d.E, TQ, t.W, v_rows, 1, d.E, s, TQ, ot, TQ);
+  unpack_transposed(ot, t.nq, d.E, inverse, out + (g * d.L + t.i0) * d.E);
+  for (int64_t u = 0; u < t.nq; ++u)
+    lse[g * d.L + t.i0 + u] = total[u] > 0 ? shift[u] + std::log(total[u]) : kEmptyLse;
+}
+
+int64_t forward_scratch_floats(const Band& b) {
+  return (b.d.D + b.window() + b.d.E) * TQ;
+}
+
+// The cotangents and forward results the backward pass reads.
+struct BandGrad {
+  const float *out, *lse, *dout, *dlse;
+};
+
+// Backward of one group (task = g): its dq, dk, dv rows. Tiles overlap in keys, so one task
+// owns a group's dk and dv and walks its tiles in order.
+void backward_group(const Band& b, const BandGrad& c, float* dq, float* dk, float* dv,
+                    int64_t g, float* scratch) {
+  const Dims& d = b.d;
+  const int64_t q0 = g * d.L * d.D, v0 = g * d.L * d.E, s0 = g * d.L;
+  std::memset(dk + q0, 0, sizeof(float) * d.L * d.D);
+  std::memset(dv + v0, 0, sizeof(float) * d.L * d.E);
+  float* qt = scratch;                        // [D][TQ]
+  float* dot = qt + d.D * TQ;                 // [E][TQ]
+  float* dqt = dot + d.E * TQ;                // [D][TQ]
+  float* prob = dqt + d.D * TQ;               // [W][TQ]
+  float* dprob = prob + b.window() * TQ;      // [W][TQ]: dP, then dS
+  alignas(32) const float ones[TQ] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+  static_assert(TQ == 16, "ones");
+
+  for (int64_t tile = 0; tile < b.tiles(); ++tile) {
+    const Tile t(tile * TQ, b);
+    const float* q_rows = b.q + q0 + t.i0 * d.D;
+    const float* do_rows = c.dout + v0 + t.i0 * d.E;
+    const float* k_rows = b.k + q0 + t.j0 * d.D;
+    const float* v_rows = b.v + v0 + t.j0 * d.E;
+    const bool* valid_keys = b.valid + s0 + t.j0;
+    pack_transposed(q_rows, t.nq, d.D, qt);
+    pack_transposed(do_rows, t.nq, d.E, dot);
+    // delta[u] = dout_u · out_u − dlse_u, so that dS = P ⊙ (dP − delta)
+    alignas(32) float row_lse[TQ] = {}, delta[TQ] = {};
+    for (int64_t u = 0; u < t.nq; ++u) {
+      const int64_t i = t.i0 + u;
+      const float *o = c.out + v0 + i * d.E, *dout = do_rows + u * d.E;
+      vf acc{};
+      for (int64_t e = 0; e < d.E; e += VL) acc += load(dout + e) * load(o + e);
+      float dot_product = 0;
+      for (int l = 0; l < VL; ++l) dot_product += acc[l];
+      delta[u] = dot_product - c.dlse[s0 + i];
+      row_lse[u] = c.lse[s0 + i];
+    }
+    matmul<false>(t.W, TQ, d.D, k_rows, d.D, 1, qt, TQ, prob, TQ);    // s[w][u]
+    matmul<false>(t.W, TQ, d.E, v_rows, d.E, 1, dot, TQ, dprob, TQ);  // dP[w][u]
+    for (int cv = 0; cv < kTileVecs; ++cv) {
+      const vf l = load(row_lse + cv * VL), dl = load(delta + cv * VL);
+      for (int64_t w = 0; w < t.W; ++w) {
+        float *x = prob + w * TQ + cv * VL, *dx = dprob + w * TQ + cv * VL;
+        const vf shifted = load(x) - l;  // ≤ 0 up to rounding
+        vf pr = exp_nonpositive(shifted > vf{} ? vf{} : shifted);
+        pr = allowed_lanes(b, t, w, cv, valid_keys[w]) ? pr : vf{};
+        store(x, pr);
+        store(dx, pr * (load(dx) - dl));
+      }
+    }
+    // dqᵀ[f][u] = Σ_w k[w][f] · dS[w][u]
+    matmul<false>(d.D, TQ, t.W, k_rows, 1, d.D, dprob, TQ, dqt, TQ);
+    unpack_transposed(dqt, t.nq, d.D, ones, dq + q0 + t.i0 * d.D);
+    // dk[w][:] += Σ_u dS[w][u] · q[u][:],  dv[w][:] += Σ_u P[w][u] · dout[u][:]
+    matmul<true>(t.W, d.D, t.nq, dprob, TQ, 1, q_rows, d.D, dk + q0 + t.j0 * d.D, d.D);
+    matmul<true>(t.W, d.E, t.nq, prob, TQ, 1, do_rows, d.E, dv + v0 + t.j0 * d.E, d.E);
+  }
+}
+
+int64_t backward_scratch_floats(const Band& b) {
+  return (2 * b.d.D + b.d.E + 2 * b.window()) * TQ;
+}
+
+}  // namespace
+
+#ifndef KEXUE_BAND_CORE_ONLY
+
+namespace {
+
+// Runs task(0 … count − 1) on the caller and XLA's intra-op thread pool. The caller claims
+// tasks too and returns when every task has finished; a helper that starts after the work
+// is gone touches nothing but the shared counters, so a busy pool cannot deadlock it.
+struct Progress {
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  std::mutex mutex;
+  std::condition_variable finished;
+};
+
+// Claims and runs tasks until none is left; wakes the caller when the last one finishes.
+void drain(Progress& progress, int64_t count, const std::function<void(int64_t)>& task) {
+  for (int64_t i; (i = progress.next.fetch_add(1)) < count;) {
+    task(i);
+    if (progress.done.fetch_add(1) + 1 == count) {
+      std::lock_guard<std::mutex> lock(progress.mutex);
+      progress.finished.notify_all();
+    }
+  }
+}
+
+void parallel_for(ffi::ThreadPool& pool, int64_t count,
+                  const std::function<void(int64_t)>& task) {
+  if (count <= 0) return;
+  auto progress = std::make_shared<Progress>();
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), count) - 1;
+  for (int64_t h = 0; h < helpers; ++h) {
+    // A helper may start after this call has returned: it holds `progress`, and reaches
+    // `task` only by claiming a task, which keeps this call waiting until it is done.
+    pool.Schedule([progress, count, task_ptr = &task]() { drain(*progress, count, *task_ptr); });
+  }
+  drain(*progress, count, task);
+  std::unique_lock<std::mutex> lock(progress->mutex);
+  progress->finished.wait(lock, [&] { return progress->done.load() == count; });
+}
+
+// Scratch per thread, grown to the largest request.
+float* thread_scratch(int64_t floats) {
+  thread_local std::vector<float> scratch;
+  if (static_cast<int64_t>(scratch.size()) < floats) scratch.resize(floats);
+  return scratch.data();
+}
+
+ffi::ErrorOr<Band> band_of(ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& k,
+                           ffi::Buffer<ffi::F32>& v, ffi::Buffer<ffi::PRED>& valid,
+                           int64_t lo, int64_t hi) {
+  auto dims = q.dimensions(), value_dims = v.dimensions();
+  const size_t rank = dims.size();
+  if (rank < 2) return ffi::Unexpected(ffi::Error::InvalidArgument("band attention: q must be [..., L, D]"));
+  int64_t G = 1;
+  for (size_t a = 0; a + 2 < rank; ++a) G *= dims[a];
+  const Dims d{G, dims[rank - 2], dims[rank - 1], value_dims[rank - 1]};
+  if (d.D % VL || d.E % VL)
+    return ffi::Unexpected(ffi::Error::InvalidArgument("band attention: head dims must be multiples of 8"));
+  if (lo > 0 || hi < 0) return ffi::Unexpected(ffi::Error::InvalidArgument("band attention: need lo <= 0 <= hi"));
+  return Band{d, lo, hi, q.typed_data(), k.typed_data(), v.typed_data(), valid.typed_data()};
+}
+
+ffi::Error BandForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
+                           ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                           ffi::Buffer<ffi::PRED> valid, ffi::ResultBuffer<ffi::F32> out,
+                           ffi::ResultBuffer<ffi::F32> lse, int64_t lo, int64_t hi) {
+  auto band = band_of(q, k, v, valid, lo, hi);
+  if (band.has_error()) return band.error();
+  const Band& b = band.value();
+  float *o = out->typed_data(), *l = lse->typed_data();
+  parallel_for(pool, b.d.G * b.tiles(), [&](int64_t task) {
+    forward_tile(b, o, l, task, thread_scratch(forward_scratch_floats(b)));
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error BandBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
+                            ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                            ffi::Buffer<ffi::PRED> valid, ffi::Buffer<ffi::F32> out,
+                            ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
+                            ffi::Buffer<ffi::F32> dlse, ffi::ResultBuffer<ffi::F32> dq,
+                            ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv,
+                            int64_t lo, int64_t hi) {
+  auto band = band_of(q, k, v, valid, lo, hi);
+  if (band.has_error()) return band.error();
+  const Band& b = band.value();
+  const BandGrad c{out.typed_data(), lse.typed_data(), dout.typed_data(), dlse.typed_data()};
+  float *dq_data = dq->typed_data(), *dk_data = dk->typed_data(), *dv_data = dv->typed_data();
+  parallel_for(pool, b.d.G, [&](int64_t task) {
+    backward_group(b, c, dq_data, dk_data, dv_data, task,
+                   thread_scratch(backward_scratch_floats(b)));
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(KexueBandAttentionForward, BandForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // q
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // k
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // v
+                                  .Arg<ffi::Buffer<ffi::PRED>>()  // valid
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // out
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // lse
+                                  .Attr<int64_t>("lo")
+                                  .Attr<int64_t>("hi"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(KexueBandAttentionBackward, BandBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // q
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // k
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // v
+                                  .Arg<ffi::Buffer<ffi::PRED>>()  // valid
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // out
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // lse
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // dout
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // dlse
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // dq
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // dk
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // dv
+                                  .Attr<int64_t>("lo")
+                                  .Attr<int64_t>("hi"));
+
+#endif  // KEXUE_BAND_CORE_ONLY
