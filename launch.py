@@ -101,11 +101,13 @@ def run_demo() -> None:
 
 
 def main(argv) -> int:
-    from experiments import configs
+    from experiments import configs, host_memory
 
     if not argv or argv[0] in ("-h", "--help", "list"):
         list_everything()
         return 0
+    # Before anything large is allocated: XLA:CPU's buffers then reuse freed pages.
+    print(f"host memory: keep freed memory {host_memory.keep_freed_memory()}", flush=True)
     try:
         if argv[0] == "bench":
             from experiments import benchmarks

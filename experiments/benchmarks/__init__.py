@@ -9,6 +9,7 @@ import argparse
 import importlib
 import types
 
+from experiments import host_memory
 from experiments.benchmarks import harness
 from experiments.configs import ConfigError
 
@@ -35,6 +36,9 @@ def main(argv) -> int:
     for name in args.names or BENCHMARKS:
         module = load(name)
         report = harness.Report(name, repeats=args.repeats)
+        # Every row of a report, JAX and PyTorch alike, runs under this one setting.
+        report.note(f"host memory: keep freed memory {host_memory.keep_freed_memory()} "
+                    "(experiments/host_memory.py)")
         print(f"benchmark {name} on {report.device}", flush=True)
         module.run(report, quick=args.quick)
         path = report.write(args.out)
