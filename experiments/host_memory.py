@@ -7,7 +7,9 @@ mmap()s and returns them on free, so every call of a jitted function pays a page
 15,000 faults and half of the 80 ms of a sparse-attention forward at n = 8192, and a third
 of a sentence-similarity training step (measured). Raising the mmap and trim thresholds
 keeps freed blocks in the heap for the next call: the same forward then ran in 40 ms with
-no faults.
+no faults. One arena for all threads: XLA allocates from its worker threads, and glibc's
+per-thread arenas are heaps of at most 64 MiB, so a larger buffer there is always a fresh
+mmap whatever the threshold (a 64 MiB transpose at n = 32768 ran 4× slower for it).
 
 `launch.py` calls `keep_freed_memory` first thing, for experiments and benchmarks alike
 (PyTorch rows in a benchmark share the setting: one process). The cost is that the
@@ -21,11 +23,12 @@ import os
 # glibc's mallopt() parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 THRESHOLD_BYTES = 1 << 30  # above any one buffer of a CPU run here (XLA's temp block included)
 
 
 def keep_freed_memory() -> str:
-    """Raises glibc's mmap and trim thresholds to `THRESHOLD_BYTES` for this process.
+    """Raises glibc's mmap and trim thresholds to `THRESHOLD_BYTES`, with one arena.
 
     Returns:
       What was done, for logs: "on", "off (KEXUE_JAX_KEEP_FREED_MEMORY=0)", or "not
@@ -40,5 +43,6 @@ def keep_freed_memory() -> str:
     except (OSError, AttributeError, TypeError):
         return f"not available (no mallopt in C library {name!r})"
     applied = (mallopt(_M_MMAP_THRESHOLD, THRESHOLD_BYTES) == 1
-               and mallopt(_M_TRIM_THRESHOLD, THRESHOLD_BYTES) == 1)
+               and mallopt(_M_TRIM_THRESHOLD, THRESHOLD_BYTES) == 1
+               and mallopt(_M_ARENA_MAX, 1) == 1)
     return "on" if applied else "not available (mallopt refused the thresholds)"
