@@ -402,11 +402,12 @@ def _band_attention(q, k, v, key_valid, *, lo: int, hi: int, implementation: str
 
 
 def _kernel_band_attention(q, k, v, key_valid, *, lo: int, hi: int) -> tuple[Array, Array]:
-    """`_band_attention` by the CPU kernel, which wants each group's rows contiguous."""
-    valid = jnp.broadcast_to(key_valid[..., 0], q.shape[:-1])
-    out, lse = cpu_band.band_attention(*(jnp.moveaxis(x, 0, -2) for x in (q, k, v)),
-                                       jnp.moveaxis(valid, 0, -1), lo=lo, hi=hi)
-    return jnp.moveaxis(out, -2, 0), jnp.moveaxis(lse, -1, 0)
+    """`_band_attention` by the CPU kernel, on the same sequence-first layout: reshapes only."""
+    length, batch = q.shape[0], q.shape[1:-1]
+    flat = [x.reshape(length, -1, x.shape[-1]) for x in (q, k, v)]  # [L, G, F]
+    valid = jnp.broadcast_to(key_valid[..., 0], (length, *batch)).reshape(length, -1)
+    out, lse = cpu_band.band_attention(*flat, valid, lo=lo, hi=hi)
+    return out.reshape(length, *batch, v.shape[-1]), lse.reshape(length, *batch)
 
 
 def _blocked_band_attention(q, k, v, key_valid, *, lo: int, hi: int,

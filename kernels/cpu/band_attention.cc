@@ -6,11 +6,14 @@
 // large-matmul speed and the band's exp as a separate pass; here a tile of TQ queries computes
 // its logits, softmax and output in cache, and only the keys the tile's band can reach.
 //
-// Layout: arrays are [..., L, F] row-major, every leading axis a group (batch × heads), so
-// a group's rows are contiguous. (Sequence-first [L, G, F] puts rows G·F floats apart: at
-// G·F = 512 the 144 key rows of a tile fall into 8 of L1's 64 sets, and the kernel ran 1.6×
-// slower, measured.) q is pre-scaled by the softmax scale; valid [..., L] marks the keys
-// that may be attended. A query with no allowed key gets a zero output and lse = kEmptyLse.
+// Layout: arrays are sequence-first, [..., L, G, F] row-major (G groups = batch × heads, F
+// features; leading axes, from vmap, are more groups), as kernels/attention.py holds them,
+// so no transpose is needed on either side. A group's rows are then G·F floats apart; the
+// keys are copied to contiguous rows before the micro-kernels read them (at G·F = 512 the
+// 144 key rows of a tile fall into 8 of L1's 64 sets, and the kernel ran 1.6× slower
+// reading them in place, measured). q is pre-scaled by the softmax scale; valid [..., L, G]
+// marks the keys that may be attended. A query with no allowed key gets a zero output and
+// lse = kEmptyLse.
 //
 // Forward:  out[i] = Σ_j softmax_j(s_ij) v[j],  lse[i] = log Σ_j exp(s_ij),  s_ij = q_i·k_j.
 // Backward (flash-attention style, P recomputed from lse), with the cotangent of lse too:
@@ -132,18 +135,22 @@ void matmul(int M, int N, int K, const float* A, long ars, long aks, const float
 }
 
 struct Dims {
-  int64_t G, L, D, E;  // groups, length, key and value features
+  int64_t P, L, G, D, E;  // outer batch, length, groups, key and value features
 };
 
-// The inputs every pass reads: q, k [G][L][D], v [G][L][E], valid [G][L].
+// The inputs every pass reads: q, k [P][L][G][D], v [P][L][G][E], valid [P][L][G]. Group
+// n = p·G + g has its rows at `offset(n, F)` + i·`stride(F)`.
 struct Band {
   Dims d;
   int64_t lo, hi;
   const float *q, *k, *v;
   const bool* valid;
 
+  int64_t groups() const { return d.P * d.G; }
   int64_t tiles() const { return (d.L + TQ - 1) / TQ; }
   int64_t window() const { return TQ + hi - lo; }  // keys a tile can reach
+  int64_t offset(int64_t n, int64_t F) const { return (n / d.G * d.L * d.G + n % d.G) * F; }
+  int64_t stride(int64_t F) const { return d.G * F; }
 };
 
 // One tile: queries i0 … i0 + nq − 1 of a group, and the keys j0 … j0 + W − 1 its band
@@ -168,135 +175,232 @@ inline vi allowed_lanes(const Band& b, const Tile& t, int64_t w, int c, bool val
   return valid_key ? ok : vi{};
 }
 
-// Rows [n][F] → columns [F][TQ], zero past n.
-inline void pack_transposed(const float* x, int64_t n, int64_t F, float* out) {
+// Rows x[i·ld …] for i < n → contiguous [n][F].
+inline void pack_rows(const float* x, int64_t ld, int64_t n, int64_t F, float* out) {
+  for (int64_t i = 0; i < n; ++i) std::memcpy(out + i * F, x + i * ld, sizeof(float) * F);
+}
+
+// Rows x[u·ld …] for u < n → columns [F][TQ], zero past n.
+inline void pack_transposed(const float* x, int64_t ld, int64_t n, int64_t F, float* out) {
   if (n < TQ) std::memset(out, 0, sizeof(float) * F * TQ);
   for (int64_t u = 0; u < n; ++u)
-    for (int64_t f = 0; f < F; ++f) out[f * TQ + u] = x[u * F + f];
+    for (int64_t f = 0; f < F; ++f) out[f * TQ + u] = x[u * ld + f];
 }
 
-// Columns [F][TQ] → rows [n][F], each scaled by its query's factor.
+// Columns [F][TQ] → rows out[u·ld …] for u < n, each scaled by its query's factor.
 inline void unpack_transposed(const float* x, int64_t n, int64_t F, const float* scale,
-                              float* out) {
+                              float* out, int64_t ld) {
   for (int64_t u = 0; u < n; ++u)
-    for (int64_t f = 0; f < F; ++f) out[u * F + f] = x[f * TQ + u] * scale[u];
+    for (int64_t f = 0; f < F; ++f) out[u * ld + f] = x[f * TQ + u] * scale[u];
 }
 
-// Forward of one tile (task = g·tiles + tile): out rows and lse of its queries.
-void forward_tile(const Band& b, float* out, float* lse, int64_t task, float* scratch) {
-  const Dims& d = b.d;
-  const int64_t g = task / b.tiles();
-  const Tile t(task % b.tiles() * TQ, b);
-  const float* q_rows = b.q + (g * d.L + t.i0) * d.D;
-  const float* k_rows = b.k + (g * d.L + t.j0) * d.D;
-  const float* v_rows = b.v + (g * d.L + t.j0) * d.E;
-  const bool* valid_keys = b.valid + g * d.L + t.j0;
-  float* qt = scratch;                  // [D][TQ]
-  float* s = qt + d.D * TQ;             // [W][TQ]: logits, then probabilities
-  float* ot = s + b.window() * TQ;      // [E][TQ]
+// Both passes walk a group in chunks of this many tiles, with the keys the chunk reaches
+// copied to contiguous rows first: the micro-kernels then read keys at stride D (rows G·F
+// apart would crowd a few of L1's sets) and each key is copied about once. Tasks are
+// (chunk, group) with the group varying fastest, so that consecutive tasks (and the two
+// threads) read one stretch of memory: a group at a time streams 1/G of every line the
+// prefetchers bring in, and ran 1.3× slower (measured).
+constexpr int64_t kChunkTiles = 32;
 
-  pack_transposed(q_rows, t.nq, d.D, qt);
-  matmul<false>(t.W, TQ, d.D, k_rows, d.D, 1, qt, TQ, s, TQ);  // s[w][u] = k_w · q_u
+struct Chunk {
+  int64_t n, first_tile, last_tile;  // group, tiles [first_tile, last_tile)
+  int64_t k_first, keys;             // keys [k_first, k_first + keys) the chunk reaches
 
-  alignas(32) float shift[TQ], total[TQ], inverse[TQ];
-  for (int c = 0; c < kTileVecs; ++c) {
-    vf m = splat(-INFINITY);
-    for (int64_t w = 0; w < t.W; ++w) {
-      float* x = s + w * TQ + c * VL;
-      const vf logit = allowed_lanes(b, t, w, c, valid_keys[w]) ? load(x) : splat(-INFINITY);
-      store(x, logit);
-      m = logit > m ? logit : m;
-    }
-    m = m == splat(-INFINITY) ? vf{} : m;  // no allowed key: any finite shift
-    vf sum{};
-    for (int64_t w = 0; w < t.W; ++w) {
-      float* x = s + w * TQ + c * VL;
-      const vf logit = load(x);
-      const vf weight = logit == splat(-INFINITY) ? vf{} : exp_nonpositive(logit - m);
-      store(x, weight);
-      sum += weight;
-    }
-    store(shift + c * VL, m);
-    store(total + c * VL, sum);
-    store(inverse + c * VL, sum > vf{} ? splat(1.0f) / sum : vf{});
+  Chunk(const Band& b, int64_t task) : n(task % b.groups()) {
+    first_tile = task / b.groups() * kChunkTiles;
+    last_tile = std::min(b.tiles(), first_tile + kChunkTiles);
+    k_first = std::max<int64_t>(0, first_tile * TQ + b.lo);
+    keys = std::min(b.d.L, std::min(b.d.L, last_tile * TQ) + b.hi) - k_first;
   }
-  // outᵀ[e][u] = Σ_w v[w][e] · P[w][u], then out[u][e] = outᵀ[e][u] / total[u]
-  matmul<false>(d.E, TQ, t.W, v_rows, 1, d.E, s, TQ, ot, TQ);
-  unpack_transposed(ot, t.nq, d.E, inverse, out + (g * d.L + t.i0) * d.E);
-  for (int64_t u = 0; u < t.nq; ++u)
-    lse[g * d.L + t.i0 + u] = total[u] > 0 ? shift[u] + std::log(total[u]) : kEmptyLse;
+};
+
+int64_t chunk_tasks(const Band& b) {
+  return b.groups() * ((b.tiles() + kChunkTiles - 1) / kChunkTiles);
+}
+
+int64_t max_chunk_keys(const Band& b) {
+  return std::min(b.d.L, kChunkTiles * TQ + b.hi - b.lo);
+}
+
+// Copies a chunk's keys, values and key validity to contiguous rows.
+void pack_chunk_keys(const Band& b, const Chunk& c, float* k_rows, float* v_rows,
+                     bool* valid_keys) {
+  const Dims& d = b.d;
+  pack_rows(b.k + b.offset(c.n, d.D) + c.k_first * b.stride(d.D), b.stride(d.D), c.keys, d.D,
+            k_rows);
+  pack_rows(b.v + b.offset(c.n, d.E) + c.k_first * b.stride(d.E), b.stride(d.E), c.keys, d.E,
+            v_rows);
+  for (int64_t j = 0; j < c.keys; ++j)
+    valid_keys[j] = b.valid[b.offset(c.n, 1) + (c.k_first + j) * d.G];
 }
 
 int64_t forward_scratch_floats(const Band& b) {
-  return (b.d.D + b.window() + b.d.E) * TQ;
+  return max_chunk_keys(b) * (b.d.D + b.d.E + 1) + (b.d.D + b.window() + b.d.E) * TQ;
 }
 
-// The cotangents and forward results the backward pass reads.
+// Forward of one chunk (task as in `Chunk`): out rows and lse of its queries.
+void forward_chunk(const Band& b, float* out, float* lse, int64_t task, float* scratch) {
+  const Dims& d = b.d;
+  const Chunk chunk(b, task);
+  const int64_t n = chunk.n, k_first = chunk.k_first, qs = b.stride(d.D), vs = b.stride(d.E);
+  const int64_t keys = max_chunk_keys(b);
+  float* k_rows = scratch;                                          // [keys][D]
+  float* v_rows = k_rows + keys * d.D;                              // [keys][E]
+  bool* valid_keys = reinterpret_cast<bool*>(v_rows + keys * d.E);  // [keys]
+  float* qt = v_rows + keys * d.E + keys;  // [D][TQ], after `keys` floats of room
+  float* s = qt + d.D * TQ;                // [W][TQ]: logits, then probabilities
+  float* ot = s + b.window() * TQ;         // [E][TQ]
+  pack_chunk_keys(b, chunk, k_rows, v_rows, valid_keys);
+
+  for (int64_t tile = chunk.first_tile; tile < chunk.last_tile; ++tile) {
+    const Tile t(tile * TQ, b);
+    const float* k_tile = k_rows + (t.j0 - k_first) * d.D;
+    const float* v_tile = v_rows + (t.j0 - k_first) * d.E;
+    const bool* valid_tile = valid_keys + (t.j0 - k_first);
+    pack_transposed(b.q + b.offset(n, d.D) + t.i0 * qs, qs, t.nq, d.D, qt);
+    matmul<false>(t.W, TQ, d.D, k_tile, d.D, 1, qt, TQ, s, TQ);  // s[w][u] = k_w · q_u
+
+    alignas(32) float shift[TQ], total[TQ], inverse[TQ];
+    for (int cv = 0; cv < kTileVecs; ++cv) {
+      vf m = splat(-INFINITY);
+      for (int64_t w = 0; w < t.W; ++w) {
+        float* x = s + w * TQ + cv * VL;
+        const vf logit = allowed_lanes(b, t, w, cv, valid_tile[w]) ? load(x) : splat(-INFINITY);
+        store(x, logit);
+        m = logit > m ? logit : m;
+      }
+      m = m == splat(-INFINITY) ? vf{} : m;  // no allowed key: any finite shift
+      vf sum{};
+      for (int64_t w = 0; w < t.W; ++w) {
+        float* x = s + w * TQ + cv * VL;
+        const vf logit = load(x);
+        const vf weight = logit == splat(-INFINITY) ? vf{} : exp_nonpositive(logit - m);
+        store(x, weight);
+        sum += weight;
+      }
+      store(shift + cv * VL, m);
+      store(total + cv * VL, sum);
+      store(inverse + cv * VL, sum > vf{} ? splat(1.0f) / sum : vf{});
+    }
+    // outᵀ[e][u] = Σ_w v[w][e] · P[w][u], then out[u][e] = outᵀ[e][u] / total[u]
+    matmul<false>(d.E, TQ, t.W, v_tile, 1, d.E, s, TQ, ot, TQ);
+    unpack_transposed(ot, t.nq, d.E, inverse, out + b.offset(n, d.E) + t.i0 * vs, vs);
+    for (int64_t u = 0; u < t.nq; ++u)
+      lse[b.offset(n, 1) + (t.i0 + u) * d.G] =
+          total[u] > 0 ? shift[u] + std::log(total[u]) : kEmptyLse;
+  }
+}
+
+// The cotangents and forward results the backward pass reads (layouts as the inputs').
 struct BandGrad {
   const float *out, *lse, *dout, *dlse;
 };
 
-// Backward of one group (task = g): its dq, dk, dv rows. Tiles overlap in keys, so one task
-// owns a group's dk and dv and walks its tiles in order.
-void backward_group(const Band& b, const BandGrad& c, float* dq, float* dk, float* dv,
-                    int64_t g, float* scratch) {
+int64_t backward_scratch_floats(const Band& b) {
   const Dims& d = b.d;
-  const int64_t q0 = g * d.L * d.D, v0 = g * d.L * d.E, s0 = g * d.L;
-  std::memset(dk + q0, 0, sizeof(float) * d.L * d.D);
-  std::memset(dv + v0, 0, sizeof(float) * d.L * d.E);
-  float* qt = scratch;                        // [D][TQ]
-  float* dot = qt + d.D * TQ;                 // [E][TQ]
-  float* dqt = dot + d.E * TQ;                // [D][TQ]
-  float* prob = dqt + d.D * TQ;               // [W][TQ]
-  float* dprob = prob + b.window() * TQ;      // [W][TQ]: dP, then dS
+  return max_chunk_keys(b) * (d.D + d.E + 1) + (3 * d.D + 2 * d.E + 2 * b.window()) * TQ;
+}
+
+// Floats of `partial` per chunk task: its dk rows [keys][D], then its dv rows [keys][E].
+int64_t partial_floats_per_task(const Band& b) {
+  return max_chunk_keys(b) * (b.d.D + b.d.E);
+}
+
+// Backward pass 1 of one chunk (task as in `Chunk`): the dq rows of its queries, and its
+// share of dk and dv for the keys it reaches, into its own rows of `partial`.
+void backward_chunk(const Band& b, const BandGrad& g, float* dq, float* partial, int64_t task,
+                    float* scratch) {
+  const Dims& d = b.d;
+  const Chunk c(b, task);
+  const int64_t qs = b.stride(d.D), vs = b.stride(d.E);
+  const int64_t q0 = b.offset(c.n, d.D), v0 = b.offset(c.n, d.E), s0 = b.offset(c.n, 1);
+  const int64_t keys = max_chunk_keys(b);
+  float* k_rows = scratch;                                          // [keys][D]
+  float* v_rows = k_rows + keys * d.D;                              // [keys][E]
+  bool* valid_keys = reinterpret_cast<bool*>(v_rows + keys * d.E);  // [keys]
+  float* q_tile = v_rows + keys * d.E + keys;  // [TQ][D], after `keys` floats of room
+  float* do_tile = q_tile + TQ * d.D;          // [TQ][E]
+  float* qt = do_tile + TQ * d.E;              // [D][TQ]
+  float* dot = qt + d.D * TQ;                  // [E][TQ]
+  float* dqt = dot + d.E * TQ;                 // [D][TQ]
+  float* prob = dqt + d.D * TQ;                // [W][TQ]
+  float* dprob = prob + b.window() * TQ;       // [W][TQ]: dP, then dS
+  float* dk_rows = partial + task * partial_floats_per_task(b);  // [keys][D]
+  float* dv_rows = dk_rows + keys * d.D;                         // [keys][E]
+  pack_chunk_keys(b, c, k_rows, v_rows, valid_keys);
+  std::memset(dk_rows, 0, sizeof(float) * c.keys * d.D);
+  std::memset(dv_rows, 0, sizeof(float) * c.keys * d.E);
   alignas(32) float ones[TQ];
   std::fill(ones, ones + TQ, 1.0f);
 
-  for (int64_t tile = 0; tile < b.tiles(); ++tile) {
+  for (int64_t tile = c.first_tile; tile < c.last_tile; ++tile) {
     const Tile t(tile * TQ, b);
-    const float* q_rows = b.q + q0 + t.i0 * d.D;
-    const float* do_rows = c.dout + v0 + t.i0 * d.E;
-    const float* k_rows = b.k + q0 + t.j0 * d.D;
-    const float* v_rows = b.v + v0 + t.j0 * d.E;
-    const bool* valid_keys = b.valid + s0 + t.j0;
-    pack_transposed(q_rows, t.nq, d.D, qt);
-    pack_transposed(do_rows, t.nq, d.E, dot);
+    pack_rows(b.q + q0 + t.i0 * qs, qs, t.nq, d.D, q_tile);
+    pack_rows(g.dout + v0 + t.i0 * vs, vs, t.nq, d.E, do_tile);
+    pack_transposed(q_tile, d.D, t.nq, d.D, qt);
+    pack_transposed(do_tile, d.E, t.nq, d.E, dot);
     // delta[u] = dout_u · out_u − dlse_u, so that dS = P ⊙ (dP − delta)
     alignas(32) float row_lse[TQ] = {}, delta[TQ] = {};
     for (int64_t u = 0; u < t.nq; ++u) {
       const int64_t i = t.i0 + u;
-      const float *o = c.out + v0 + i * d.E, *dout = do_rows + u * d.E;
+      const float *o = g.out + v0 + i * vs, *dout = do_tile + u * d.E;
       vf acc{};
       for (int64_t e = 0; e < d.E; e += VL) acc += load(dout + e) * load(o + e);
       float dot_product = 0;
       for (int l = 0; l < VL; ++l) dot_product += acc[l];
-      delta[u] = dot_product - c.dlse[s0 + i];
-      row_lse[u] = c.lse[s0 + i];
+      delta[u] = dot_product - g.dlse[s0 + i * d.G];
+      row_lse[u] = g.lse[s0 + i * d.G];
     }
-    matmul<false>(t.W, TQ, d.D, k_rows, d.D, 1, qt, TQ, prob, TQ);    // s[w][u]
-    matmul<false>(t.W, TQ, d.E, v_rows, d.E, 1, dot, TQ, dprob, TQ);  // dP[w][u]
+    const int64_t w0 = t.j0 - c.k_first;  // the tile's first key among the chunk's
+    const float* k_tile = k_rows + w0 * d.D;
+    const float* v_tile = v_rows + w0 * d.E;
+    matmul<false>(t.W, TQ, d.D, k_tile, d.D, 1, qt, TQ, prob, TQ);    // s[w][u]
+    matmul<false>(t.W, TQ, d.E, v_tile, d.E, 1, dot, TQ, dprob, TQ);  // dP[w][u]
     for (int cv = 0; cv < kTileVecs; ++cv) {
       const vf l = load(row_lse + cv * VL), dl = load(delta + cv * VL);
       for (int64_t w = 0; w < t.W; ++w) {
         float *x = prob + w * TQ + cv * VL, *dx = dprob + w * TQ + cv * VL;
         const vf shifted = load(x) - l;  // ≤ 0 up to rounding
         vf pr = exp_nonpositive(shifted > vf{} ? vf{} : shifted);
-        pr = allowed_lanes(b, t, w, cv, valid_keys[w]) ? pr : vf{};
+        pr = allowed_lanes(b, t, w, cv, valid_keys[w0 + w]) ? pr : vf{};
         store(x, pr);
         store(dx, pr * (load(dx) - dl));
       }
     }
     // dqᵀ[f][u] = Σ_w k[w][f] · dS[w][u]
-    matmul<false>(d.D, TQ, t.W, k_rows, 1, d.D, dprob, TQ, dqt, TQ);
-    unpack_transposed(dqt, t.nq, d.D, ones, dq + q0 + t.i0 * d.D);
+    matmul<false>(d.D, TQ, t.W, k_tile, 1, d.D, dprob, TQ, dqt, TQ);
+    unpack_transposed(dqt, t.nq, d.D, ones, dq + q0 + t.i0 * qs, qs);
     // dk[w][:] += Σ_u dS[w][u] · q[u][:],  dv[w][:] += Σ_u P[w][u] · dout[u][:]
-    matmul<true>(t.W, d.D, t.nq, dprob, TQ, 1, q_rows, d.D, dk + q0 + t.j0 * d.D, d.D);
-    matmul<true>(t.W, d.E, t.nq, prob, TQ, 1, do_rows, d.E, dv + v0 + t.j0 * d.E, d.E);
+    matmul<true>(t.W, d.D, t.nq, dprob, TQ, 1, q_tile, d.D, dk_rows + w0 * d.D, d.D);
+    matmul<true>(t.W, d.E, t.nq, prob, TQ, 1, do_tile, d.E, dv_rows + w0 * d.E, d.E);
   }
 }
 
-int64_t backward_scratch_floats(const Band& b) {
-  return (2 * b.d.D + b.d.E + 2 * b.window()) * TQ;
+// Backward pass 2 of one chunk's own keys (the positions of its queries): dk and dv as the
+// sums of the shares of every chunk whose queries reach them.
+void reduce_chunk(const Band& b, const float* partial, float* dk, float* dv, int64_t task) {
+  const Dims& d = b.d;
+  const Chunk c(b, task);
+  const int64_t span = kChunkTiles * TQ, groups = b.groups();
+  const int64_t qs = b.stride(d.D), vs = b.stride(d.E);
+  for (int64_t j = c.first_tile * TQ; j < std::min(d.L, c.last_tile * TQ); ++j) {
+    // Queries lo ≤ j − i ≤ hi reach key j: those of chunks first … last.
+    const int64_t first = std::max<int64_t>(0, j - b.hi) / span;
+    const int64_t last = std::min(d.L - 1, j - b.lo) / span;
+    float* dk_row = dk + b.offset(c.n, d.D) + j * qs;
+    float* dv_row = dv + b.offset(c.n, d.E) + j * vs;
+    for (int64_t f = 0; f < d.D; f += VL) store(dk_row + f, vf{});
+    for (int64_t f = 0; f < d.E; f += VL) store(dv_row + f, vf{});
+    for (int64_t other = first; other <= last; ++other) {
+      const int64_t other_task = other * groups + c.n;
+      const int64_t row = j - Chunk(b, other_task).k_first;
+      const float* dk_part = partial + other_task * partial_floats_per_task(b) + row * d.D;
+      const float* dv_part = partial + other_task * partial_floats_per_task(b) +
+                             max_chunk_keys(b) * d.D + row * d.E;
+      for (int64_t f = 0; f < d.D; f += VL) store(dk_row + f, load(dk_row + f) + load(dk_part + f));
+      for (int64_t f = 0; f < d.E; f += VL) store(dv_row + f, load(dv_row + f) + load(dv_part + f));
+    }
+  }
 }
 
 }  // namespace
@@ -353,10 +457,10 @@ ffi::ErrorOr<Band> band_of(ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& k,
                            int64_t lo, int64_t hi) {
   auto dims = q.dimensions(), value_dims = v.dimensions();
   const size_t rank = dims.size();
-  if (rank < 2) return ffi::Unexpected(ffi::Error::InvalidArgument("band attention: q must be [..., L, D]"));
-  int64_t G = 1;
-  for (size_t a = 0; a + 2 < rank; ++a) G *= dims[a];
-  const Dims d{G, dims[rank - 2], dims[rank - 1], value_dims[rank - 1]};
+  if (rank < 3) return ffi::Unexpected(ffi::Error::InvalidArgument("band attention: q must be [..., L, G, D]"));
+  int64_t P = 1;
+  for (size_t a = 0; a + 3 < rank; ++a) P *= dims[a];
+  const Dims d{P, dims[rank - 3], dims[rank - 2], dims[rank - 1], value_dims[rank - 1]};
   if (d.D % VL || d.E % VL)
     return ffi::Unexpected(ffi::Error::InvalidArgument("band attention: head dims must be multiples of 8"));
   if (lo > 0 || hi < 0) return ffi::Unexpected(ffi::Error::InvalidArgument("band attention: need lo <= 0 <= hi"));
@@ -371,8 +475,8 @@ ffi::Error BandForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
   if (band.has_error()) return band.error();
   const Band& b = band.value();
   float *o = out->typed_data(), *l = lse->typed_data();
-  parallel_for(pool, b.d.G * b.tiles(), [&](int64_t task) {
-    forward_tile(b, o, l, task, thread_scratch(forward_scratch_floats(b)));
+  parallel_for(pool, chunk_tasks(b), [&](int64_t task) {
+    forward_chunk(b, o, l, task, thread_scratch(forward_scratch_floats(b)));
   });
   return ffi::Error::Success();
 }
@@ -389,9 +493,15 @@ ffi::Error BandBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
   const Band& b = band.value();
   const BandGrad c{out.typed_data(), lse.typed_data(), dout.typed_data(), dlse.typed_data()};
   float *dq_data = dq->typed_data(), *dk_data = dk->typed_data(), *dv_data = dv->typed_data();
-  parallel_for(pool, b.d.G, [&](int64_t task) {
-    backward_group(b, c, dq_data, dk_data, dv_data, task,
+  // Chunks share keys at their edges: each writes its shares apart, then they are summed.
+  // Uninitialised: every task zeroes its own rows.
+  std::unique_ptr<float[]> partial(new float[chunk_tasks(b) * partial_floats_per_task(b)]);
+  parallel_for(pool, chunk_tasks(b), [&](int64_t task) {
+    backward_chunk(b, c, dq_data, partial.get(), task,
                    thread_scratch(backward_scratch_floats(b)));
+  });
+  parallel_for(pool, chunk_tasks(b), [&](int64_t task) {
+    reduce_chunk(b, partial.get(), dk_data, dv_data, task);
   });
   return ffi::Error::Success();
 }

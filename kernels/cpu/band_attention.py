@@ -3,7 +3,8 @@
 Query i of a group attends the keys lo ≤ j − i ≤ hi that ``valid`` allows. This is the band
 part of `kernels.attention`'s Local, Sparse and Strided patterns; there `_band_attention`
 calls `band_attention` on CPU and its own blocked XLA path elsewhere, and the tests hold the
-two to each other and to the dense reference.
+two to each other and to the dense reference. Arrays are sequence-first, [L, G, F], as
+`kernels.attention` holds them inside, so neither side transposes.
 """
 
 import functools
@@ -48,7 +49,7 @@ def unsupported_reason(q: Array, v: Array) -> str | None:
 
 def _forward_call(q, k, v, valid, lo, hi):
     shapes = (jax.ShapeDtypeStruct(v.shape, jnp.float32),
-              jax.ShapeDtypeStruct(q.shape[:-1], jnp.float32))
+              jax.ShapeDtypeStruct(q.shape[:-1], jnp.float32))  # out, lse
     return jax.ffi.ffi_call(_FORWARD, shapes, vmap_method="broadcast_all")(
         q, k, v, valid, lo=np.int64(lo), hi=np.int64(hi))
 
@@ -79,31 +80,29 @@ def band_attention(q: Array, k: Array, v: Array, valid: Array, *, lo: int,
                    hi: int) -> tuple[Array, Array]:
     """Softmax attention of query i to the allowed keys j with lo ≤ j − i ≤ hi, per group.
 
-    Every leading axis is a group (batch, heads, residue groups); a group's rows must be
-    contiguous, which is why the sequence axis is second to last.
-
     Args:
-      q: [..., L, D] float32 queries, already multiplied by the softmax scale.
-      k: [..., L, D] float32 keys.
-      v: [..., L, E] float32 values.
-      valid: bool [..., L]; False for keys nobody may attend.
+      q: [L, G, D] float32 queries (sequence first, G groups such as batch × heads), already
+        multiplied by the softmax scale.
+      k: [L, G, D] float32 keys.
+      v: [L, G, E] float32 values.
+      valid: bool [L, G]; False for keys nobody may attend.
       lo, hi: the band's offsets, lo ≤ 0 ≤ hi (static).
 
     Returns:
-      out: [..., L, E], zeros for a query with no allowed key.
-      lse: [..., L] float32 log Σ_allowed exp(logit), −1e30 where no key is allowed.
+      out: [L, G, E], zeros for a query with no allowed key.
+      lse: [L, G] float32 log Σ_allowed exp(logit), −1e30 where no key is allowed.
 
     Raises:
-      ValueError: on arrays the kernel does not take (`unsupported_reason`) or lo > 0 or
-        hi < 0.
+      ValueError: on arrays the kernel does not take (`unsupported_reason`), shapes that do
+        not match, or lo > 0 or hi < 0.
     """
     reason = unsupported_reason(q, v)
     if reason is not None:
         raise ValueError(f"band_attention: {reason}")
     if lo > 0 or hi < 0:
         raise ValueError(f"band_attention: need lo <= 0 <= hi, got lo={lo}, hi={hi}")
-    if not (q.shape == k.shape and v.shape[:-1] == q.shape[:-1]
+    if not (q.ndim == 3 and q.shape == k.shape and v.shape[:-1] == q.shape[:-1]
             and valid.shape == q.shape[:-1]):
         raise ValueError(f"band_attention: shapes q {q.shape}, k {k.shape}, v {v.shape}, "
-                         f"valid {valid.shape} do not match [..., L, D], [..., L, E], [..., L]")
+                         f"valid {valid.shape} do not match [L, G, D], [L, G, E], [L, G]")
     return _band(q, k, v, valid.astype(bool), int(lo), int(hi))
