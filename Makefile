@@ -15,12 +15,13 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(PY) launch.py demo
 
-# The CI suite: everything but the long end-to-end runs marked `slow`.
+# The CI suite: everything but the long end-to-end runs marked `slow`, one worker per core
+# (a test file stays on one worker, so its module fixtures are built once).
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q -n auto --dist loadfile
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 bench: $(STAMP)
 	$(PY) launch.py bench
