@@ -43,6 +43,11 @@ whose chunks are recomputed in the backward pass (`jax.checkpoint`), so memory i
   same way.
 * Full: dense, in query blocks (memory-efficient attention).
 
+On CPU (``implementation="auto"``, the default) the bands of Local, Sparse and Strided and
+the dense groups of Full and Atrous (a band as wide as the group) run instead in the C++
+kernel `kernels.cpu.band_attention` on the same sequence-first layout; the XLA code above
+is what GPUs and TPUs run, and the tests hold the two to each other and to the reference.
+
 A query with no allowed key (padding, causal masks) gets a zero output and zero gradients.
 """
 
@@ -371,13 +376,27 @@ def _band_mask(t, *, window: int, block: int, width: int) -> Array:
     return ((offset >= 0) & (offset <= width))[None]
 
 
+def _dispatch(implementation: str, kernel: Callable, blocked: Callable, q, k, v, key_valid):
+    """``kernel(q, k, v, key_valid)`` (the CPU kernel) or ``blocked(...)`` (XLA).
+
+    "xla": blocked. "cpu_kernel": kernel. "auto": the kernel when the computation runs on a
+    CPU and the kernel takes the arrays, blocked elsewhere (`jax.lax.platform_dependent`
+    picks the branch when the platform is known, at lowering).
+    """
+    if implementation == "xla" or (implementation == "auto"
+                                   and cpu_band.unsupported_reason(q, v) is not None):
+        return blocked(q, k, v, key_valid)
+    if implementation == "cpu_kernel":
+        return kernel(q, k, v, key_valid)
+    return jax.lax.platform_dependent(q, k, v, key_valid, cpu=kernel, default=blocked)
+
+
 def _band_attention(q, k, v, key_valid, *, lo: int, hi: int, implementation: str = "xla",
                     block: int | None = None) -> tuple[Array, Array]:
     """Attention of query i to the keys lo ≤ j − i ≤ hi (lo ≤ 0 ≤ hi).
 
-    ``implementation`` "xla" computes it by query blocks (`_blocked_band_attention`),
-    "cpu_kernel" with `kernels.cpu.band_attention`, and "auto" with the CPU kernel when the
-    computation runs on a CPU and the kernel takes the arrays, by blocks elsewhere.
+    By query blocks in XLA (`_blocked_band_attention`) or by the CPU kernel, as
+    ``implementation`` says (`_dispatch`).
 
     Args:
       q, k, v: [L, *batch, D], [L, *batch, D], [L, *batch, E].
@@ -391,14 +410,10 @@ def _band_attention(q, k, v, key_valid, *, lo: int, hi: int, implementation: str
     """
     length = q.shape[0]
     lo, hi = max(lo, 1 - length), min(hi, length - 1)  # offsets beyond the sequence: no key
-    blocked = functools.partial(_blocked_band_attention, lo=lo, hi=hi, block=block)
-    if implementation == "xla" or (implementation == "auto"
-                                   and cpu_band.unsupported_reason(q, v) is not None):
-        return blocked(q, k, v, key_valid)
-    kernel = functools.partial(_kernel_band_attention, lo=lo, hi=hi)
-    if implementation == "cpu_kernel":
-        return kernel(q, k, v, key_valid)
-    return jax.lax.platform_dependent(q, k, v, key_valid, cpu=kernel, default=blocked)
+    return _dispatch(implementation,
+                     functools.partial(_kernel_band_attention, lo=lo, hi=hi),
+                     functools.partial(_blocked_band_attention, lo=lo, hi=hi, block=block),
+                     q, k, v, key_valid)
 
 
 def _kernel_band_attention(q, k, v, key_valid, *, lo: int, hi: int) -> tuple[Array, Array]:
@@ -541,17 +556,37 @@ def _nonnegative_offset(offset):
     return offset >= 0
 
 
-def _full(q, k, v, key_valid, pattern: Full, causal: bool, implementation: str):
-    del pattern, implementation
+def _grouped_dense_attention(q, k, v, key_valid, *, rate: int, causal: bool,
+                             implementation: str) -> Array:
+    """Dense attention inside each residue group mod ``rate`` (rate 1: the whole sequence).
+
+    In XLA by `_residue_attention`; by the CPU kernel as a band as wide as the groups, on
+    the same residue layout (`_dispatch` chooses).
+    """
     allowed = _nonnegative_offset if causal else _any_offset
-    return _residue_attention(q, k, v, key_valid, rate=1, allowed_offsets=allowed)[0]
+    blocked = functools.partial(_residue_attention, rate=rate, allowed_offsets=allowed)
+
+    def kernel(q, k, v, key_valid):
+        length = q.shape[0]
+        grouped = [_to_residue_groups(x, rate) for x in (q, k, v, key_valid)]
+        slots = grouped[0].shape[0]
+        out, lse = _kernel_band_attention(*grouped, lo=1 - slots,
+                                          hi=0 if causal else slots - 1)
+        return (_from_residue_groups(out, length),
+                _from_residue_groups(lse[..., None], length)[..., 0])
+
+    return _dispatch(implementation, kernel, blocked, q, k, v, key_valid)[0]
+
+
+def _full(q, k, v, key_valid, pattern: Full, causal: bool, implementation: str):
+    del pattern
+    return _grouped_dense_attention(q, k, v, key_valid, rate=1, causal=causal,
+                                    implementation=implementation)
 
 
 def _atrous(q, k, v, key_valid, pattern: Atrous, causal: bool, implementation: str):
-    del implementation
-    allowed = _nonnegative_offset if causal else _any_offset
-    return _residue_attention(q, k, v, key_valid, rate=pattern.rate,
-                              allowed_offsets=allowed)[0]
+    return _grouped_dense_attention(q, k, v, key_valid, rate=pattern.rate, causal=causal,
+                                    implementation=implementation)
 
 
 def _local(q, k, v, key_valid, pattern: Local, causal: bool, implementation: str):
@@ -620,12 +655,13 @@ def attention(q: Array, k: Array, v: Array, pattern: Pattern, *, causal: bool = 
       pattern: one of `Full`, `Atrous`, `Local`, `Sparse`, `Strided`, `Fixed` (static).
       causal: also require j ≤ i (`Strided` and `Fixed` are causal regardless).
       key_mask: optional bool [B, N]; False marks padding keys nobody may attend.
-      implementation: how the band parts of `Local`, `Sparse` and `Strided` are computed:
-        "auto" (the default) by the CPU kernel `kernels.cpu.band_attention` when the
-        computation runs on a CPU and the kernel takes the arrays (float32, head dims
-        multiples of 8, a C++ compiler on the machine), by blocked XLA elsewhere; "xla"
-        always by blocked XLA; "cpu_kernel" always by the CPU kernel (CPU only). The other
-        parts and patterns are XLA in every case.
+      implementation: how the bands (`Local`; the local parts of `Sparse` and `Strided`)
+        and the dense groups (`Full`, `Atrous`) are computed: "auto" (the default) by the
+        CPU kernel `kernels.cpu.band_attention` when the computation runs on a CPU and the
+        kernel takes the arrays (float32, head dims multiples of 8, a C++ compiler on the
+        machine), in XLA elsewhere; "xla" always in XLA; "cpu_kernel" always by the CPU
+        kernel (CPU only). The strided parts of `Sparse` and `Strided`, and `Fixed`, are
+        XLA in every case.
 
     Returns:
       [B, N, H, E] in the dtype of ``v``; zeros for a query with no allowed key.

@@ -120,14 +120,13 @@ inline void matmul_panel(int M, int K, const float* A, long ars, long aks, const
 }
 
 // C[M][N] (+)= A[M][K] · B[K][N] with A strided (ars, aks), B and C rows of N floats
-// (N a multiple of VL) with strides bs and cs. Panels of 4 vectors × 3 rows take 7 loads
-// per 12 FMAs, of 2 × 6 take 8: the wider first.
+// (N a multiple of VL) with strides bs and cs, in panels of 2 vectors × 6 rows. (Panels of
+// 4 vectors × 3 rows need fewer loads on paper, but GCC then reads B from memory in every
+// FMA, and they ran 1.75× slower, measured.)
 template <bool kAccumulate>
 void matmul(int M, int N, int K, const float* A, long ars, long aks, const float* B, long bs,
             float* C, long cs) {
   int n = 0;
-  for (; n + 4 * VL <= N; n += 4 * VL)
-    matmul_panel<4, 3, kAccumulate>(M, K, A, ars, aks, B + n, bs, C + n, cs);
   for (; n + 2 * VL <= N; n += 2 * VL)
     matmul_panel<2, 6, kAccumulate>(M, K, A, ars, aks, B + n, bs, C + n, cs);
   if (n < N) matmul_panel<1, 6, kAccumulate>(M, K, A, ars, aks, B + n, bs, C + n, cs);
@@ -144,6 +143,7 @@ struct Band {
   int64_t lo, hi;
   const float *q, *k, *v;
   const bool* valid;
+  int64_t chunk_tiles;  // tiles per task (`Chunk`)
 
   int64_t groups() const { return d.P * d.G; }
   int64_t tiles() const { return (d.L + TQ - 1) / TQ; }
@@ -193,32 +193,39 @@ inline void unpack_transposed(const float* x, int64_t n, int64_t F, const float*
     for (int64_t f = 0; f < F; ++f) out[u * ld + f] = x[f * TQ + u] * scale[u];
 }
 
-// Both passes walk a group in chunks of this many tiles, with the keys the chunk reaches
-// copied to contiguous rows first: the micro-kernels then read keys at stride D (rows G·F
-// apart would crowd a few of L1's sets) and each key is copied about once. Tasks are
+// Both passes walk a group in chunks of `Band::chunk_tiles` tiles, with the keys the chunk
+// reaches copied to contiguous rows first: the micro-kernels then read keys at stride D (rows
+// G·F apart would crowd a few of L1's sets) and each key is copied about once. Tasks are
 // (chunk, group) with the group varying fastest, so that consecutive tasks (and the two
 // threads) read one stretch of memory: a group at a time streams 1/G of every line the
 // prefetchers bring in, and ran 1.3× slower (measured).
 constexpr int64_t kChunkTiles = 32;
+
+// The backward pass's chunks: as the forward's for a band narrower than a chunk; a whole
+// group for a wider one (dense attention), where every chunk would reach every key and
+// hold its own copy of the group's dk and dv.
+int64_t backward_chunk_tiles(const Band& b) {
+  return b.hi - b.lo >= kChunkTiles * TQ ? b.tiles() : kChunkTiles;
+}
 
 struct Chunk {
   int64_t n, first_tile, last_tile;  // group, tiles [first_tile, last_tile)
   int64_t k_first, keys;             // keys [k_first, k_first + keys) the chunk reaches
 
   Chunk(const Band& b, int64_t task) : n(task % b.groups()) {
-    first_tile = task / b.groups() * kChunkTiles;
-    last_tile = std::min(b.tiles(), first_tile + kChunkTiles);
+    first_tile = task / b.groups() * b.chunk_tiles;
+    last_tile = std::min(b.tiles(), first_tile + b.chunk_tiles);
     k_first = std::max<int64_t>(0, first_tile * TQ + b.lo);
     keys = std::min(b.d.L, std::min(b.d.L, last_tile * TQ) + b.hi) - k_first;
   }
 };
 
 int64_t chunk_tasks(const Band& b) {
-  return b.groups() * ((b.tiles() + kChunkTiles - 1) / kChunkTiles);
+  return b.groups() * ((b.tiles() + b.chunk_tiles - 1) / b.chunk_tiles);
 }
 
 int64_t max_chunk_keys(const Band& b) {
-  return std::min(b.d.L, kChunkTiles * TQ + b.hi - b.lo);
+  return std::min(b.d.L, b.chunk_tiles * TQ + b.hi - b.lo);
 }
 
 // Copies a chunk's keys, values and key validity to contiguous rows.
@@ -295,9 +302,18 @@ struct BandGrad {
   const float *out, *lse, *dout, *dlse;
 };
 
+// The backward pass updates dk and dv once per step of this many tiles, as matmuls over the
+// step's TS queries: per tile, those updates sum only 16 products into each output row and
+// ran at half the speed of the pass's other matmuls (measured).
+constexpr int64_t kStepTiles = 2;
+constexpr int64_t TS = kStepTiles * TQ;  // queries per step
+
+int64_t step_window(const Band& b) { return std::min(b.d.L, TS + b.hi - b.lo); }
+
 int64_t backward_scratch_floats(const Band& b) {
   const Dims& d = b.d;
-  return max_chunk_keys(b) * (d.D + d.E + 1) + (3 * d.D + 2 * d.E + 2 * b.window()) * TQ;
+  return max_chunk_keys(b) * (d.D + d.E + 1) + TS * (d.D + d.E) +
+         (2 * d.D + d.E) * TQ + 2 * step_window(b) * TS;
 }
 
 // Floats of `partial` per chunk task: its dk rows [keys][D], then its dv rows [keys][E].
@@ -317,13 +333,13 @@ void backward_chunk(const Band& b, const BandGrad& g, float* dq, float* partial,
   float* k_rows = scratch;                                          // [keys][D]
   float* v_rows = k_rows + keys * d.D;                              // [keys][E]
   bool* valid_keys = reinterpret_cast<bool*>(v_rows + keys * d.E);  // [keys]
-  float* q_tile = v_rows + keys * d.E + keys;  // [TQ][D], after `keys` floats of room
-  float* do_tile = q_tile + TQ * d.D;          // [TQ][E]
-  float* qt = do_tile + TQ * d.E;              // [D][TQ]
+  float* q_step = v_rows + keys * d.E + keys;  // [TS][D], after `keys` floats of room
+  float* do_step = q_step + TS * d.D;          // [TS][E]
+  float* qt = do_step + TS * d.E;              // [D][TQ]
   float* dot = qt + d.D * TQ;                  // [E][TQ]
   float* dqt = dot + d.E * TQ;                 // [D][TQ]
-  float* prob = dqt + d.D * TQ;                // [W][TQ]
-  float* dprob = prob + b.window() * TQ;       // [W][TQ]: dP, then dS
+  float* prob = dqt + d.D * TQ;                // [step window][TS]
+  float* dprob = prob + step_window(b) * TS;   // [step window][TS]: dP, then dS
   float* dk_rows = partial + task * partial_floats_per_task(b);  // [keys][D]
   float* dv_rows = dk_rows + keys * d.D;                         // [keys][E]
   pack_chunk_keys(b, c, k_rows, v_rows, valid_keys);
@@ -332,46 +348,59 @@ void backward_chunk(const Band& b, const BandGrad& g, float* dq, float* partial,
   alignas(32) float ones[TQ];
   std::fill(ones, ones + TQ, 1.0f);
 
-  for (int64_t tile = c.first_tile; tile < c.last_tile; ++tile) {
-    const Tile t(tile * TQ, b);
-    pack_rows(b.q + q0 + t.i0 * qs, qs, t.nq, d.D, q_tile);
-    pack_rows(g.dout + v0 + t.i0 * vs, vs, t.nq, d.E, do_tile);
-    pack_transposed(q_tile, d.D, t.nq, d.D, qt);
-    pack_transposed(do_tile, d.E, t.nq, d.E, dot);
-    // delta[u] = dout_u · out_u − dlse_u, so that dS = P ⊙ (dP − delta)
-    alignas(32) float row_lse[TQ] = {}, delta[TQ] = {};
-    for (int64_t u = 0; u < t.nq; ++u) {
-      const int64_t i = t.i0 + u;
-      const float *o = g.out + v0 + i * vs, *dout = do_tile + u * d.E;
-      vf acc{};
-      for (int64_t e = 0; e < d.E; e += VL) acc += load(dout + e) * load(o + e);
-      float dot_product = 0;
-      for (int l = 0; l < VL; ++l) dot_product += acc[l];
-      delta[u] = dot_product - g.dlse[s0 + i * d.G];
-      row_lse[u] = g.lse[s0 + i * d.G];
-    }
-    const int64_t w0 = t.j0 - c.k_first;  // the tile's first key among the chunk's
-    const float* k_tile = k_rows + w0 * d.D;
-    const float* v_tile = v_rows + w0 * d.E;
-    matmul<false>(t.W, TQ, d.D, k_tile, d.D, 1, qt, TQ, prob, TQ);    // s[w][u]
-    matmul<false>(t.W, TQ, d.E, v_tile, d.E, 1, dot, TQ, dprob, TQ);  // dP[w][u]
-    for (int cv = 0; cv < kTileVecs; ++cv) {
-      const vf l = load(row_lse + cv * VL), dl = load(delta + cv * VL);
-      for (int64_t w = 0; w < t.W; ++w) {
-        float *x = prob + w * TQ + cv * VL, *dx = dprob + w * TQ + cv * VL;
-        const vf shifted = load(x) - l;  // ≤ 0 up to rounding
-        vf pr = exp_nonpositive(shifted > vf{} ? vf{} : shifted);
-        pr = allowed_lanes(b, t, w, cv, valid_keys[w0 + w]) ? pr : vf{};
-        store(x, pr);
-        store(dx, pr * (load(dx) - dl));
+  for (int64_t first = c.first_tile; first < c.last_tile; first += kStepTiles) {
+    // A step: queries i0 … i0 + queries − 1, keys j0 … j0 + W − 1, with each tile's
+    // probabilities and dS in its own TQ columns of prob and dprob (zero off its window).
+    const int64_t last = std::min(c.last_tile, first + kStepTiles);
+    const int64_t i0 = first * TQ, queries = std::min(d.L, last * TQ) - i0;
+    const int64_t j0 = std::max<int64_t>(0, i0 + b.lo);
+    const int64_t W = std::max<int64_t>(0, std::min(d.L, i0 + queries + b.hi) - j0);
+    pack_rows(b.q + q0 + i0 * qs, qs, queries, d.D, q_step);
+    pack_rows(g.dout + v0 + i0 * vs, vs, queries, d.E, do_step);
+    std::memset(prob, 0, sizeof(float) * W * TS);
+    std::memset(dprob, 0, sizeof(float) * W * TS);
+    for (int64_t tile = first; tile < last; ++tile) {
+      const Tile t(tile * TQ, b);
+      const int64_t col = t.i0 - i0;  // the tile's columns in the step
+      pack_transposed(q_step + col * d.D, d.D, t.nq, d.D, qt);
+      pack_transposed(do_step + col * d.E, d.E, t.nq, d.E, dot);
+      // delta[u] = dout_u · out_u − dlse_u, so that dS = P ⊙ (dP − delta)
+      alignas(32) float row_lse[TQ] = {}, delta[TQ] = {};
+      for (int64_t u = 0; u < t.nq; ++u) {
+        const int64_t i = t.i0 + u;
+        const float *o = g.out + v0 + i * vs, *dout = do_step + (col + u) * d.E;
+        vf acc{};
+        for (int64_t e = 0; e < d.E; e += VL) acc += load(dout + e) * load(o + e);
+        float dot_product = 0;
+        for (int l = 0; l < VL; ++l) dot_product += acc[l];
+        delta[u] = dot_product - g.dlse[s0 + i * d.G];
+        row_lse[u] = g.lse[s0 + i * d.G];
       }
+      const float* k_tile = k_rows + (t.j0 - c.k_first) * d.D;
+      const float* v_tile = v_rows + (t.j0 - c.k_first) * d.E;
+      float* p_tile = prob + (t.j0 - j0) * TS + col;
+      float* dp_tile = dprob + (t.j0 - j0) * TS + col;
+      matmul<false>(t.W, TQ, d.D, k_tile, d.D, 1, qt, TQ, p_tile, TS);    // s[w][u]
+      matmul<false>(t.W, TQ, d.E, v_tile, d.E, 1, dot, TQ, dp_tile, TS);  // dP[w][u]
+      for (int cv = 0; cv < kTileVecs; ++cv) {
+        const vf l = load(row_lse + cv * VL), dl = load(delta + cv * VL);
+        for (int64_t w = 0; w < t.W; ++w) {
+          float *x = p_tile + w * TS + cv * VL, *dx = dp_tile + w * TS + cv * VL;
+          const vf shifted = load(x) - l;  // ≤ 0 up to rounding
+          vf pr = exp_nonpositive(shifted > vf{} ? vf{} : shifted);
+          pr = allowed_lanes(b, t, w, cv, valid_keys[t.j0 - c.k_first + w]) ? pr : vf{};
+          store(x, pr);
+          store(dx, pr * (load(dx) - dl));
+        }
+      }
+      // dqᵀ[f][u] = Σ_w k[w][f] · dS[w][u]
+      matmul<false>(d.D, TQ, t.W, k_tile, 1, d.D, dp_tile, TS, dqt, TQ);
+      unpack_transposed(dqt, t.nq, d.D, ones, dq + q0 + t.i0 * qs, qs);
     }
-    // dqᵀ[f][u] = Σ_w k[w][f] · dS[w][u]
-    matmul<false>(d.D, TQ, t.W, k_tile, 1, d.D, dprob, TQ, dqt, TQ);
-    unpack_transposed(dqt, t.nq, d.D, ones, dq + q0 + t.i0 * qs, qs);
     // dk[w][:] += Σ_u dS[w][u] · q[u][:],  dv[w][:] += Σ_u P[w][u] · dout[u][:]
-    matmul<true>(t.W, d.D, t.nq, dprob, TQ, 1, q_tile, d.D, dk_rows + w0 * d.D, d.D);
-    matmul<true>(t.W, d.E, t.nq, prob, TQ, 1, do_tile, d.E, dv_rows + w0 * d.E, d.E);
+    const int64_t w0 = j0 - c.k_first;
+    matmul<true>(W, d.D, queries, dprob, TS, 1, q_step, d.D, dk_rows + w0 * d.D, d.D);
+    matmul<true>(W, d.E, queries, prob, TS, 1, do_step, d.E, dv_rows + w0 * d.E, d.E);
   }
 }
 
@@ -380,7 +409,7 @@ void backward_chunk(const Band& b, const BandGrad& g, float* dq, float* partial,
 void reduce_chunk(const Band& b, const float* partial, float* dk, float* dv, int64_t task) {
   const Dims& d = b.d;
   const Chunk c(b, task);
-  const int64_t span = kChunkTiles * TQ, groups = b.groups();
+  const int64_t span = b.chunk_tiles * TQ, groups = b.groups();
   const int64_t qs = b.stride(d.D), vs = b.stride(d.E);
   for (int64_t j = c.first_tile * TQ; j < std::min(d.L, c.last_tile * TQ); ++j) {
     // Queries lo ≤ j − i ≤ hi reach key j: those of chunks first … last.
@@ -466,7 +495,8 @@ ffi::ErrorOr<Band> band_of(ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& k,
   const Dims d{P, dims[rank - 3], dims[rank - 2], dims[rank - 1], value_dims[rank - 1]};
   if (d.D % VL || d.E % VL) return invalid("band attention: head dims must be multiples of 8");
   if (lo > 0 || hi < 0) return invalid("band attention: need lo <= 0 <= hi");
-  return Band{d, lo, hi, q.typed_data(), k.typed_data(), v.typed_data(), valid.typed_data()};
+  return Band{d, lo, hi, q.typed_data(), k.typed_data(), v.typed_data(), valid.typed_data(),
+              kChunkTiles};
 }
 
 ffi::Error BandForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
@@ -492,7 +522,8 @@ ffi::Error BandBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
                             int64_t lo, int64_t hi) {
   auto band = band_of(q, k, v, valid, lo, hi);
   if (band.has_error()) return band.error();
-  const Band& b = band.value();
+  Band b = band.value();
+  b.chunk_tiles = backward_chunk_tiles(b);
   const BandGrad c{out.typed_data(), lse.typed_data(), dout.typed_data(), dlse.typed_data()};
   float *dq_data = dq->typed_data(), *dk_data = dk->typed_data(), *dv_data = dv->typed_data();
   // Chunks share keys at their edges: each writes its shares apart, then they are summed.

@@ -310,7 +310,9 @@ def test_auto_takes_the_cpu_kernel_where_it_applies():
     assert kernel not in _compiled_text(8, "xla")
     assert kernel not in _compiled_text(5, "auto")  # head dim not a multiple of 8
     assert kernel not in _compiled_text(8, "auto", dtype=jnp.bfloat16)
-    assert kernel not in _compiled_text(8, "auto", Atrous(3))  # no band part
+    assert kernel in _compiled_text(8, "auto", Atrous(3))  # dense groups: one wide band
+    assert kernel in _compiled_text(8, "auto", Full())
+    assert kernel not in _compiled_text(8, "auto", Fixed(4, 2))  # XLA only
 
 
 def test_auto_falls_back_to_xla_when_the_kernel_is_unavailable(monkeypatch):
