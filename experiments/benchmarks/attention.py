@@ -9,11 +9,11 @@ on float32 (batch 1, 8 heads × 64) arrays of length n = 1k … 32k, against:
 * (c) PyTorch FlexAttention (`flex_attention` with the pattern's `mask_mod` and its block
   mask, under `torch.compile`), forward only: it has no CPU backward (NOTES pitfall 7).
 
-"efficient" is `kernels.attention.attention` as a user gets it: on CPU the band parts of
-Local, Sparse and Strided run in the C++ kernel `kernels/cpu/band_attention.cc` (when the
-machine has a compiler, else in XLA, which the run notes). For those three, "XLA blocks" is
-the same function with ``implementation="xla"`` (the blocked band in XLA, the path GPUs and
-TPUs take), so the kernel's own gain is measured in the same run.
+"efficient" is `kernels.attention.attention` as a user gets it: on CPU, Atrous's dense
+residue groups, Local's band and the local parts of Sparse and Strided run in the C++ kernel
+`kernels/cpu/band_attention.cc` (when the machine has a compiler, else in XLA, which the run
+notes). For those four, "in XLA" is the same function with ``implementation="xla"`` (the
+path GPUs and TPUs take), so the kernel's own gain is measured in the same run.
 
 The patterns: Atrous(8), Local(64), Sparse(r), Strided(r) and Fixed(r, 8), r = round(√n).
 
@@ -68,7 +68,7 @@ ATROUS_RATE = 8
 LOCAL_RADIUS = 64
 FIXED_SUMMARY = 8
 FAMILIES = ("Atrous", "Local", "Sparse", "Strided", "Fixed")
-BAND_FAMILIES = ("Local", "Sparse", "Strided")  # with a band part: CPU kernel vs XLA blocks
+KERNEL_FAMILIES = ("Atrous", "Local", "Sparse", "Strided")  # timed with and without the kernel
 FWD, FWD_BWD = "fwd", "fwd+bwd"
 
 # Sizes: the machine has 24 GiB shared with other jobs; one case may use at most this much.
@@ -82,7 +82,7 @@ MASK_LOCAL_MAX_LENGTH = 8192            # (b) for Local, both passes (its target
 FLEX_MIN_LENGTH = 4096                  # (c): the target is at n ≥ 4096; 15-35 s compile each
 # Run-time caps: a row expected (`_Pacer`) to take longer a call is skipped with a note,
 # except at `TARGET_LENGTH`, where the targets need every row.
-MAX_CALL_S = {"dense": 60.0, "mask": 60.0, "flex": 30.0, "efficient": 120.0, "blocked": 120.0}
+MAX_CALL_S = {"dense": 60.0, "mask": 60.0, "flex": 30.0, "efficient": 120.0, "xla": 120.0}
 ROW_SECONDS = 20.0                      # aim for about this much timed work per row
 TARGET_LENGTH = 8192                    # where the speed-up targets are stated
 LOCAL_FIT_MIN_LENGTH = 2048             # Local's exponent is fitted over 2k–32k
@@ -367,7 +367,7 @@ def in_scope(path: str, mode: str, family: str, length: int, quick: bool) -> boo
         return length <= (MASK_FWD_MAX_LENGTH if mode == FWD else MASK_FWD_BWD_MAX_LENGTH)
     if path == "flex":
         return mode == FWD and length >= FLEX_MIN_LENGTH
-    return True  # efficient, blocked
+    return True  # efficient, xla
 
 
 def _run_length(state: _Run, length: int) -> None:
@@ -411,8 +411,8 @@ def _time_mode(state: _Run, mode: str, length: int, q, k, v, pairs: dict[str, in
         state.time_jax(mode, length, family, "efficient", f"{label(pattern)} efficient",
                        wrap(functools.partial(efficient_forward, pattern=pattern)), q, k, v,
                        flops=useful)
-        if family in BAND_FAMILIES:
-            state.time_jax(mode, length, family, "blocked", f"{label(pattern)} XLA blocks",
+        if family in KERNEL_FAMILIES:
+            state.time_jax(mode, length, family, "xla", f"{label(pattern)} in XLA",
                            wrap(functools.partial(efficient_forward, pattern=pattern,
                                                   implementation="xla")), q, k, v,
                            flops=useful)
@@ -594,12 +594,12 @@ def _note_verdicts(state: _Run) -> None:
     report.note(f"useful GFLOP/s at {n} as a fraction of the matmul's (target ≥ "
                 f"{TARGET_MATMUL_FRACTION:.0%} for Atrous and Local): " + "; ".join(fractions))
 
-    # The CPU band kernel against the same patterns in XLA blocks.
-    gains = [f"{family} {mode} {times(ratio(mode, family, 'blocked'))}"
-             for family in BAND_FAMILIES for mode in (FWD, FWD_BWD)
-             if ratio(mode, family, "blocked") is not None]
-    report.note(f"band parts in the CPU kernel ({state.band_kernel}) against XLA blocks at {n}, "
-                f"time of XLA blocks / efficient: {', '.join(gains) or 'not measured'}")
+    # The CPU kernel against the same patterns in XLA.
+    gains = [f"{family} {mode} {times(ratio(mode, family, 'xla'))}"
+             for family in KERNEL_FAMILIES for mode in (FWD, FWD_BWD)
+             if ratio(mode, family, "xla") is not None]
+    report.note(f"the CPU kernel ({state.band_kernel}) against the same patterns in XLA at {n}, "
+                f"time in XLA / efficient: {', '.join(gains) or 'not measured'}")
 
     # Against FlexAttention, forward, n ≥ 4096.
     comparisons, losses = [], []
@@ -620,7 +620,7 @@ def _note_verdicts(state: _Run) -> None:
 
     # No n×n buffer: no single array of the compiled program as large as the (H, n, n) f32
     # scores (the target); the sum of all temporaries is reported beside it.
-    efficient = [(key, row) for key, row in rows.items() if key[3] in ("efficient", "blocked")]
+    efficient = [(key, row) for key, row in rows.items() if key[3] in ("efficient", "xla")]
     def ratio(item, field):
         return getattr(item[1], field) / state.logit_bytes(item[0][1])
     worst_array = max(efficient, key=lambda item: ratio(item, "largest_array_bytes"))

@@ -41,8 +41,8 @@ def test_quick_run_measures_every_path(quick_report, length, mode):
     assert baseline.extra["family"] == "Full" and baseline.extra["path"] == "dense"
     for family in bench.FAMILIES:
         paths = sorted(row.extra["path"] for row in rows if row.extra["family"] == family)
-        band = ["blocked"] if family in bench.BAND_FAMILIES else []
-        assert paths == band + ["efficient", "mask"], (family, paths)
+        xla = ["xla"] if family in bench.KERNEL_FAMILIES else []
+        assert paths == ["efficient", "mask"] + xla, (family, paths)
     for row in rows:
         assert row.median_s > 0 and row.compile_s > 0 and row.repeats == 1
         assert row.temp_bytes is not None and quick_report.speedup(row) > 0
@@ -56,7 +56,7 @@ def test_efficient_paths_have_no_logit_buffer_and_dense_paths_do(quick_report):
         length = row.extra["length"]
         logit_bytes = length * length * 4 * bench.QUICK_HEADS
         assert row.extra["logit_buffer_bytes"] == logit_bytes
-        if row.extra["path"] in ("efficient", "blocked"):
+        if row.extra["path"] in ("efficient", "xla"):
             assert row.temp_bytes < logit_bytes, (row.impl, length, row.temp_bytes)
             assert row.largest_array_bytes < logit_bytes, (row.impl, length)
         else:  # the check can fail: the dense paths do hold (H, n, n) logits
@@ -73,7 +73,7 @@ def test_largest_hlo_array_bytes():
 
 def test_row_flops_count_the_allowed_pairs_of_the_dense_mask(quick_report):
     for row in quick_report.rows:
-        if row.extra.get("path") not in ("efficient", "blocked", "mask"):
+        if row.extra.get("path") not in ("efficient", "xla", "mask"):
             continue
         length, mode = row.extra["length"], row.extra["mode"]
         pattern = bench.patterns(length)[row.extra["family"]]
@@ -89,7 +89,7 @@ def test_notes_state_every_target(quick_report):
                   "target time exponent in n, Sparse", "useful GFLOP/s",
                   "target faster than FlexAttention", "target no n×n buffer",
                   "CPU band-attention kernel for the efficient rows: in use",
-                  "band parts in the CPU kernel (in use) against XLA blocks"):
+                  "the CPU kernel (in use) against the same patterns in XLA"):
         assert start in notes, start
     markdown = quick_report.markdown()
     assert "Local(64) efficient" in markdown and "(baseline)" in markdown
@@ -166,7 +166,7 @@ def test_scope_keeps_every_target_row_of_the_full_run():
         assert bench.in_scope("mask", mode, "Local", n, quick=False)
         for family in bench.FAMILIES:
             assert bench.in_scope("efficient", mode, family, 32768, quick=False)
-            assert bench.in_scope("blocked", mode, family, 32768, quick=False)
+            assert bench.in_scope("xla", mode, family, 32768, quick=False)
     for family in bench.FAMILIES:
         assert bench.in_scope("flex", bench.FWD, family, n, quick=False)
         assert not bench.in_scope("flex", bench.FWD_BWD, family, n, quick=False)
