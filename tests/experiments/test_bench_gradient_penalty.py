@@ -1,7 +1,7 @@
 """Tests for experiments/benchmarks/gradient_penalty.py: the comparison is like for like.
 
-The PyTorch critic is held to the flax one with copied weights (float32 within the
-benchmark's tolerances, float64 to rounding); the JAX step variants to one another; and
+The PyTorch critic is held to the flax one with copied weights (float64 to rounding, each
+float32 result near its float64 one, in the quick run); the JAX step variants to one another; and
 the quick benchmark run to its rows (``patch_matmul_conv`` itself: tests/kernels/test_conv.py).
 """
 
@@ -74,16 +74,6 @@ def test_penalty_matches_the_kernel_by_hand_on_a_linear_critic():
         _, (_, terms) = bench.jax_critic_loss({"w": w}, {}, x, -x, apply=apply, penalty=penalty)
         assert float(terms["penalty"]) == pytest.approx(expected, rel=1e-5)
         assert float(terms["wasserstein"]) == pytest.approx(-2 * float(jnp.sum(w)), rel=1e-5)
-
-
-@pytest.mark.bench
-def test_torch_critic_agrees_with_flax_in_float64():
-    """To rounding: the two nets (padding, BN, pooling, penalty) are the same function."""
-    pytest.importorskip("torch")
-    with jax.enable_x64(True):
-        errors = bench.compare_with_torch(bench.Size(resolution=32, batch=4), dtype=np.float64)
-    for name in ("scores", "wasserstein", "penalty", "penalty_grad"):
-        assert errors[name] < 1e-10, (name, errors)
 
 
 @pytest.mark.bench

@@ -90,7 +90,7 @@ def patch_conv_transpose(x, w, strides, padding):
                                             precision=lax.Precision.HIGHEST)
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=6, deadline=None)
 @example(size=1, kernel=4, stride=1, padding=((2, 0), (1, 3)), channels=1, features=1,
          seed=0)   # the padding crops the output to nothing
 @example(size=1, kernel=2, stride=1, padding=((2, 0), (1, 3)), channels=1, features=2,
