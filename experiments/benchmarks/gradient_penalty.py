@@ -417,7 +417,7 @@ def torch_outputs(size: Size, seed: int = 0, dtype=np.float32) -> dict:
     """``jax_outputs`` from the PyTorch critic with the flax critic's initial weights copied."""
     import torch
 
-    model, params, _ = init_critic(size, seed)
+    _, params, _ = init_critic(size, seed)
     x_real, x_fake = (x.astype(dtype) for x in synthetic_batches(size, seed))
     critic = torch_critic(size.resolution).train()
     copy_params_to_torch(params, critic)
@@ -450,18 +450,6 @@ def relative_errors(outputs: dict, reference: dict) -> dict[str, float]:
         "penalty_grad": max(jax.tree.leaves(grad_errors)),
         "penalty_value": float(outputs["penalty"]),
     }
-
-
-def compare_with_torch(size: Size, seed: int = 0, dtype=np.float32) -> dict[str, float]:
-    """``relative_errors`` of the flax critic against the PyTorch one at one precision.
-
-    Args:
-      size: resolution and batch.
-      seed: for the weights and the batches.
-      dtype: np.float32, or np.float64 inside ``jax.enable_x64(True)`` (the two nets then
-        agree to rounding, ~1e-14, which isolates float32 noise from a modelling mismatch).
-    """
-    return relative_errors(jax_outputs(size, seed, dtype), torch_outputs(size, seed, dtype))
 
 
 def like_for_like_check(size: Size, seed: int = 0) -> dict[str, dict[str, float]]:
