@@ -12,7 +12,9 @@ per-thread arenas are heaps of at most 64 MiB, so a larger buffer there is alway
 mmap whatever the threshold (a 64 MiB transpose at n = 32768 ran 4× slower for it).
 
 `launch.py` calls `keep_freed_memory` first thing, for experiments and benchmarks alike
-(PyTorch rows in a benchmark share the setting: one process). The cost is that the
+(PyTorch rows in a benchmark share the setting: one process), and so do the comparison
+scripts that train in their own process (`experiments/*/compare.py`,
+`experiments/gan/sweep.py`). The cost is that the
 process's resident memory stays near its peak. ``KEXUE_JAX_KEEP_FREED_MEMORY=0`` opts out.
 """
 

@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from experiments import configs
+from experiments import configs, host_memory
 from experiments.gan import config as config_lib
 
 MAIN_PRESETS = ("wgan_div", "dcgan", "wgan_gp", "wgan_sn")   # issue 6, item 4
@@ -327,6 +327,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    print(f"host memory: keep freed memory {host_memory.keep_freed_memory()}", flush=True)
     table = sweep_mixture(args) if args.command == "mixture" else sweep_celeba(args)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import json
 import pathlib
 import time
 
-from experiments import configs
+from experiments import configs, host_memory
 from experiments.sentence_similarity import baseline
 from experiments.sentence_similarity import config as config_lib
 from experiments.sentence_similarity import train
@@ -34,10 +34,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="group_id<TAB>sentence file")
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results/sentence_similarity"))
+    parser.add_argument("--out", type=pathlib.Path,
+                        default=pathlib.Path("results/sentence_similarity"))
     parser.add_argument("--only", nargs="*", default=None, help="kind[:final_state] subset")
     parser.add_argument("overrides", nargs="*", help="extra KEY=VALUE config overrides")
     args = parser.parse_args(argv)
+    print(f"host memory: keep freed memory {host_memory.keep_freed_memory()}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     for kind, final_state in RUNS:
         name = _run_name(kind, final_state)
@@ -84,7 +86,8 @@ def render(rows, args) -> str:
     tfidf = baseline.held_out_tfidf_metrics(args.data,
                                             config_lib.get_config().data.train_fraction)
     lines.append(f"| char 1-2-gram TF-IDF, no training (baseline.py) | — | {tfidf['top1']:.4f} "
-                 f"| {tfidf['top5']:.4f} | {tfidf['top10']:.4f} | {tfidf['map_at_r']:.4f} | — | — |")
+                 f"| {tfidf['top5']:.4f} | {tfidf['top10']:.4f} | {tfidf['map_at_r']:.4f} "
+                 "| — | — |")
     for name, s in rows:
         kind, _, final = name.partition(":")
         seed = SEED_TABLE.get(kind) if not final else None

@@ -22,7 +22,7 @@ import sys
 
 import jax
 
-from experiments import configs
+from experiments import configs, host_memory
 from experiments.sparse_lm import config as config_lib
 from experiments.sparse_lm import train
 
@@ -65,6 +65,7 @@ def main(argv=None) -> None:
                              "local/atrous)")
     parser.add_argument("overrides", nargs="*", help="extra KEY=VALUE config overrides")
     args = parser.parse_args(argv)
+    print(f"host memory: keep freed memory {host_memory.keep_freed_memory()}", flush=True)
     rows = []
     for name, pattern in patterns(args.rate):
         if args.only and name not in args.only.split(","):
