@@ -107,7 +107,7 @@ def main(argv) -> int:
         list_everything()
         return 0
     # Before anything large is allocated: XLA:CPU's buffers then reuse freed pages.
-    print(f"host memory: keep freed memory {host_memory.keep_freed_memory()}", flush=True)
+    host_memory.keep_freed_memory_and_say()
     try:
         if argv[0] == "bench":
             from experiments import benchmarks

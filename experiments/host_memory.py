@@ -48,3 +48,8 @@ def keep_freed_memory() -> str:
                and mallopt(_M_TRIM_THRESHOLD, THRESHOLD_BYTES) == 1
                and mallopt(_M_ARENA_MAX, 1) == 1)
     return "on" if applied else "not available (mallopt refused the thresholds)"
+
+
+def keep_freed_memory_and_say() -> None:
+    """`keep_freed_memory`, then one log line saying what was done (for entry points)."""
+    print(f"host memory: keep freed memory {keep_freed_memory()}", flush=True)

@@ -28,8 +28,8 @@ Memory: XLA's compiled temp bytes per row. A dense path needs (H, n, n) float32 
 n²·4·H bytes; no array of an efficient path may be that large (issue 5: no n×n buffer).
 Before a dense row runs, its compiled memory analysis is read and the row is skipped, with a
 note, when it would need more than `MEMORY_BUDGET_BYTES` (NOTES pitfall 6: full fwd+bwd
-needs about 8 GiB at n = 8192, 32 GiB at 16384). The efficient paths are linear in n apart from Atrous's (n/r)²
-per residue group, chunked by the kernel.
+needs about 8 GiB at n = 8192, 32 GiB at 16384). The efficient paths are linear in n apart
+from Atrous's (n/r)² per residue group, chunked by the kernel.
 
 Scope, for run time on a shared 2-core machine (`in_scope`; notes say what was left out):
 (a) forward at every length that fits, forward+backward up to n = 8192; (b) forward up to

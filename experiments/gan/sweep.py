@@ -327,7 +327,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    print(f"host memory: keep freed memory {host_memory.keep_freed_memory()}", flush=True)
+    host_memory.keep_freed_memory_and_say()
     table = sweep_mixture(args) if args.command == "mixture" else sweep_celeba(args)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

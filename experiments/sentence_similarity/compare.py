@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     parser.add_argument("--only", nargs="*", default=None, help="kind[:final_state] subset")
     parser.add_argument("overrides", nargs="*", help="extra KEY=VALUE config overrides")
     args = parser.parse_args(argv)
-    print(f"host memory: keep freed memory {host_memory.keep_freed_memory()}", flush=True)
+    host_memory.keep_freed_memory_and_say()
     args.out.mkdir(parents=True, exist_ok=True)
     for kind, final_state in RUNS:
         name = _run_name(kind, final_state)

@@ -65,7 +65,7 @@ def main(argv=None) -> None:
                              "local/atrous)")
     parser.add_argument("overrides", nargs="*", help="extra KEY=VALUE config overrides")
     args = parser.parse_args(argv)
-    print(f"host memory: keep freed memory {host_memory.keep_freed_memory()}", flush=True)
+    host_memory.keep_freed_memory_and_say()
     rows = []
     for name, pattern in patterns(args.rate):
         if args.only and name not in args.only.split(","):

@@ -4,7 +4,8 @@ One quick run (n = 1024 and 2048, 2 heads × 16) checks that every path produced
 the efficient paths' compiled temp memory has no room for an (H, n, n) float32 buffer, and no
 array of theirs is that large, while the dense ones have both, and that each row's useful
 FLOPs come from the number of allowed pairs of the pattern's dense mask. The FLOP count and
-the FlexAttention mask_mods are held to `kernels.attention.dense_mask`, so the benchmark's comparisons are of the same function.
+the FlexAttention mask_mods are held to `kernels.attention.dense_mask`, so the benchmark's
+comparisons are of the same function.
 """
 
 import dataclasses

@@ -1,8 +1,9 @@
 """Tests for experiments/benchmarks/gradient_penalty.py: the comparison is like for like.
 
 The PyTorch critic is held to the flax one with copied weights (float64 to rounding, each
-float32 result near its float64 one, in the quick run); the JAX step variants to one another; and
-the quick benchmark run to its rows (``patch_matmul_conv`` itself: tests/kernels/test_conv.py).
+float32 result near its float64 one, in the quick run); the JAX step variants to one
+another; and the quick benchmark run to its rows (``patch_matmul_conv`` itself:
+tests/kernels/test_conv.py).
 """
 
 import copy
