@@ -1,10 +1,25 @@
-"""Local files through `datasets`, record validation, deterministic batching.
+r"""Local text files decoded by Python, record validation, deterministic batching.
 
-Every reader goes through `datasets.load_dataset` on local files (nothing is fetched: launch.py
-sets HF_DATASETS_OFFLINE=1) and validates each record. A bad record raises `RecordError`
-naming the file, the 1-based line and the field; with `skip_bad=True` it is skipped instead,
-and every skip is counted and reported in the returned `Skipped` log. Nothing is dropped
-silently.
+Text readers (`read_lines`, `read_numbered_lines`, `read_tsv`, `read_jsonl`) read the file's
+bytes and decode them as UTF-8 one line at a time, so that every problem names the file and
+the 1-based line. The rules, decided here once for every reader:
+
+* Lines end at "\n". A "\r\n" ending counts as a line ending too (Windows files read the
+  same as Unix ones); a "\r" anywhere else is a stray control character, not a line break,
+  so line numbers agree with `wc -l` and `sed -n Np`.
+* A UTF-8 byte-order mark at the very start of the file is dropped.
+* A line that is not valid UTF-8 is an error naming the byte offset in the file and the
+  column in the line.
+* Inside a line, a control character that some reader would take for a line or record
+  break (a stray "\r", vertical tab, form feed, U+001C to U+001E) or a NUL byte is an error
+  naming its column; other controls (a stray backspace, as real corpora have) are text.
+* A file with no bytes (or only the byte-order mark) is an error: "empty file".
+
+A bad line or record raises `RecordError` naming the file, the 1-based line and the field;
+with `skip_bad=True` it is skipped instead, and every skip is counted and reported in the
+returned `Skipped` log, so nothing is dropped silently and the lines after a skipped one keep
+their own numbers. Images still go through `datasets`' imagefolder builder on local files
+(nothing is fetched: HF_DATASETS_OFFLINE=1).
 
 Batching (`EpochBatches`) is a pure function of (seed, epoch, position): each epoch has its
 own permutation, and the position is part of every checkpoint, so a resumed run sees exactly
@@ -16,15 +31,18 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from experiments.errors import UserError
+
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A malformed record: names the file, the 1-based line and the offending field."""
 
     def __init__(self, path, line: int | None, field: str | None, problem: str):
@@ -59,20 +77,116 @@ def _require_file(path) -> pathlib.Path:
     return path
 
 
-def read_lines(path) -> list[str]:
-    """The lines of a UTF-8 text file through `datasets`' text builder, BOM stripped.
+_BOM = b"\xef\xbb\xbf"
+# The controls that some reader would take for the end of a line or of the text (a lone
+# "\r", vertical tab, form feed, the file/group/record separators that str.splitlines
+# breaks on) and NUL: each would shift line numbers or cut a record somewhere. "\r" is
+# stray once a "\r\n" ending has been taken off. Other C0 controls (a backspace inside a
+# sentence, as real paraphrase corpora have) are kept as text.
+_STRAY_CONTROL = re.compile(r"[\x00\x0b\x0c\x0d\x1c-\x1e]")
+_CONTROL_NAMES = {"\x00": "NUL byte", "\r": "carriage return"}
 
-    Line k of the file is element k - 1 (the builder keeps empty lines).
+
+def _undecodable(path, number: int, line_offset: int, chunk: bytes,
+                 error: UnicodeDecodeError) -> RecordError:
+    column = len(chunk[:error.start].decode("utf-8")) + 1  # the prefix did decode
+    bad = " ".join(f"0x{byte:02x}" for byte in chunk[error.start:error.end])
+    return RecordError(path, number, None,
+                       f"not UTF-8 text (byte {line_offset + error.start} of the file, "
+                       f"column {column}: {error.reason} {bad})")
+
+
+def _stray_control(path, number: int, match: re.Match) -> RecordError:
+    char = match.group()
+    name = _CONTROL_NAMES.get(char, "control character")
+    problem = f"stray {name} U+{ord(char):04X} at column {match.start() + 1}"
+    if char == "\r":
+        problem += ' (a line may end with "\\r\\n", but "\\r" alone is not a line break)'
+    else:
+        problem += " (a character some readers take for a line or record break)"
+    return RecordError(path, number, None, problem)
+
+
+def _decode_each_line(path, raw: bytes, start: int, keep_endings: bool
+                      ) -> Iterator[tuple[int, str | RecordError]]:
+    chunks = raw[start:].split(b"\n")
+    last = len(chunks) - 1
+    if not chunks[last]:          # the file ends with "\n": nothing follows the last line
+        chunks.pop()
+    offset = start
+    for number, chunk in enumerate(chunks, start=1):
+        line_offset, offset = offset, offset + len(chunk) + 1
+        ending = "" if number - 1 == last else "\n"
+        if ending and chunk.endswith(b"\r"):
+            chunk, ending = chunk[:-1], "\r\n"
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError as error:
+            yield number, _undecodable(path, number, line_offset, chunk, error)
+            continue
+        stray = _STRAY_CONTROL.search(text)
+        if stray:
+            yield number, _stray_control(path, number, stray)
+        else:
+            yield number, text + ending if keep_endings else text
+
+
+def _decoded_lines(path, *, keep_endings: bool = False
+                   ) -> Iterator[tuple[int, str | RecordError]]:
+    """(1-based line number, its text or the RecordError saying why it cannot be read).
+
+    Missing and empty files raise at once, before the first line is asked for.
     """
-    import datasets
-
     path = _require_file(path)
-    dataset = datasets.load_dataset("text", data_files=str(path), split="train",
-                                    keep_in_memory=True)
-    lines = list(dataset["text"])
-    if lines and lines[0].startswith("\ufeff"):
-        lines[0] = lines[0][1:]
-    return lines
+    raw = path.read_bytes()
+    start = len(_BOM) if raw.startswith(_BOM) else 0
+    if start == len(raw):
+        raise RecordError(path, None, None, "empty file")
+    return _decode_each_line(path, raw, start, keep_endings)
+
+
+def read_numbered_lines(path, *, skip_bad: bool = False, keep_endings: bool = False
+                        ) -> tuple[list[tuple[int, str]], Skipped]:
+    r"""The lines of a UTF-8 text file with their 1-based numbers, by the module's rules.
+
+    Args:
+      path: the file.
+      skip_bad: skip (and count) lines that are not UTF-8 or hold stray control characters,
+        instead of raising; the other lines keep their own numbers.
+      keep_endings: keep each line's "\n" or "\r\n" (the last line may have none), so
+        that joining the texts gives back the file's text without its byte-order mark.
+
+    Returns:
+      (lines, skipped): lines is a list of (line number, text), in file order; empty lines
+      are kept.
+
+    Raises:
+      RecordError: for a missing or empty file, and naming the line (and column) of the
+        first bad line unless `skip_bad`.
+    """
+    lines, skipped = [], Skipped()
+    for number, text in _decoded_lines(path, keep_endings=keep_endings):
+        if isinstance(text, RecordError):
+            if not skip_bad:
+                raise text
+            skipped.errors.append(text)
+        else:
+            lines.append((number, text))
+    return lines, skipped
+
+
+def read_lines(path) -> list[str]:
+    """The lines of a UTF-8 text file, without their endings, by the module's rules.
+
+    Line k of the file is element k - 1 (empty lines are kept).
+
+    Raises:
+      RecordError: for a missing or empty file, or naming the line of the first line that
+        is not UTF-8 or holds a stray control character (`read_numbered_lines` can skip
+        those instead).
+    """
+    lines, _ = read_numbered_lines(path)
+    return [text for _, text in lines]
 
 
 # A field parser turns the raw string into a value or raises ValueError with the problem.
@@ -150,11 +264,10 @@ def read_tsv(path, fields: Mapping[str, FieldParser], *, skip_bad: bool = False,
                 return RecordError(path, line_number, name, str(error))
         return row
 
-    lines = read_lines(path)
-    start = 1 if skip_header else 0
-    rows = ((number, parse(number, text))
-            for number, text in enumerate(lines[start:], start=start + 1)
-            if not (skip_blank and not text.strip()))
+    rows = ((number, text if isinstance(text, RecordError) else parse(number, text))
+            for number, text in _decoded_lines(path)
+            if not (skip_header and number == 1)
+            and not (skip_blank and isinstance(text, str) and not text.strip()))
     skipped = Skipped()
     return _collect(rows, names, path, skip_bad, skipped), skipped
 
@@ -191,9 +304,9 @@ def read_jsonl(path, fields: Mapping[str, FieldParser | None], *, skip_bad: bool
                 return RecordError(path, line_number, name, str(error))
         return row
 
-    lines = read_lines(path)
-    rows = ((number, parse(number, text)) for number, text in enumerate(lines, start=1)
-            if text.strip())
+    rows = ((number, text if isinstance(text, RecordError) else parse(number, text))
+            for number, text in _decoded_lines(path)
+            if not isinstance(text, str) or text.strip())
     skipped = Skipped()
     return _collect(rows, list(fields), path, skip_bad, skipped), skipped
 

@@ -1,10 +1,11 @@
-"""Character-level text for the sparse-attention LM: reading, vocabulary, split, windows.
+r"""Character-level text for the sparse-attention LM: reading, vocabulary, split, windows.
 
-* Text: any UTF-8 file, read whole (a leading BOM is dropped; newlines are kept as they are:
-  they are characters the model predicts). It is read with Python's own decoder rather than
-  `datasets`' line-based text builder, because a character LM needs the file's exact
-  characters, and a decoding error can then name the line. The embedded default, for a fresh
-  machine, is the Python standard library's own source (`stdlib_text`).
+* Text: any UTF-8 file, read whole through `experiments.data`'s line decoder, the one every
+  text reader shares (its module docstring states the rules: a leading BOM is dropped, a
+  bad byte or a stray control character such as a lone "\r" is an error naming the line).
+  Line endings, "\n" or "\r\n", are kept as they are: they are characters the model
+  predicts. The embedded default, for a fresh machine, is the Python standard library's own
+  source (`stdlib_text`).
 * Split: contiguous, the first 90% of the characters train and the last 10% validate (no
   shuffling of lines or chunks, so no validation text leaks into training windows).
 * Vocabulary: the characters of the training split, sorted by code point, as ids 1 … V−1;
@@ -31,23 +32,15 @@ UNKNOWN_ID = 0
 
 
 def read_text(path) -> str:
-    """The whole text of a UTF-8 file, without a leading BOM.
+    """The whole text of a UTF-8 file, without a leading BOM, line endings kept.
 
     Raises:
-      RecordError: naming the file for a missing or empty file, and the file and line for
-        bytes that are not UTF-8.
+      RecordError: naming the file for a missing, empty or blank file, and the file and
+        line for bytes that are not UTF-8 or a stray control character (see
+        `experiments.data`).
     """
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise data.RecordError(path, None, None, "no such file")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        raise data.RecordError(path, line, None, f"not UTF-8 text (byte {error.start}: "
-                                                 f"{error.reason})") from None
-    text = text.removeprefix("\ufeff")
+    lines, _ = data.read_numbered_lines(path, keep_endings=True)
+    text = "".join(line for _, line in lines)
     if not text.strip():
         raise data.RecordError(path, None, None, "the file has no text")
     return text

@@ -84,13 +84,18 @@ def test_read_text_strips_the_bom_and_keeps_newlines(tmp_path):
     path = tmp_path / "hlm.txt"
     path.write_bytes("\ufeff第一回\r\n甄士隐\n".encode("utf-8"))
     assert input_pipeline.read_text(path) == "第一回\r\n甄士隐\n"
+    path.write_bytes("第一回\n\t甄士隐".encode("utf-8"))   # no final newline, a tab
+    assert input_pipeline.read_text(path) == "第一回\n\t甄士隐"
 
 
 @pytest.mark.parametrize("content, message", [
     (None, "no such file"),
-    (b"", "the file has no text"),
+    (b"", "empty file"),
+    (b"\xef\xbb\xbf", "empty file"),
     (b"\n \n", "the file has no text"),
-    (b"good line\nbad \xff\xfe byte\n", r":2: not UTF-8 text \(byte 14"),
+    (b"good line\nbad \xff\xfe byte\n", r":2: not UTF-8 text \(byte 14 of the file, column 5"),
+    (b"good line\r\nhalf\rline\r\n", r":2: stray carriage return U\+000D at column 5"),
+    (b"text\n\x00\x00\x00\n", r":2: stray NUL byte U\+0000 at column 1"),
 ])
 def test_bad_text_files_are_named(tmp_path, content, message):
     path = tmp_path / "corpus.txt"
@@ -179,7 +184,7 @@ def test_smoke_run_end_to_end_and_resume(tmp_path, capsys):
 def test_a_missing_or_empty_data_file_is_named(tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    for path, problem in ((tmp_path / "absent.txt", "no such file"), (empty, "no text")):
+    for path, problem in ((tmp_path / "absent.txt", "no such file"), (empty, "empty file")):
         with pytest.raises(data.RecordError, match=f"{path.name}: .*{problem}"):
             launch.main(["sparse_lm:smoke", "--workdir", str(tmp_path / "w"),
                          f"--config.data.path={path}"])
