@@ -1,12 +1,12 @@
-"""Sparse self-attention patterns and their efficient implementations (SPEC §4).
+"""Sparse self-attention patterns and their efficient implementations (docs/sparse_attention.md).
 
 Glossary of shapes: B batch, N length, H heads, D head dim (E for values). Public arrays are
 ``(B, N, H, D)`` like `jax.nn.dot_product_attention`; the kernels below work sequence-first,
 ``(N, B, H, D)``, so that cutting the sequence into blocks or residue groups is a reshape.
 
 A pattern is a frozen dataclass (hashable, so usable as a static jit argument) whose
-``allows(i, j)`` is its index set A(i) ∋ j (SPEC §4.2, §4.5; the posts' intent, not the
-reference-code bugs of SPEC §4.4):
+``allows(i, j)`` is its index set A(i) ∋ j (docs/sparse_attention.md §2: the posts' intent, not
+the reference-code bugs of §7):
 
   ==================== =====================================================================
   pattern              query i may attend key j iff
@@ -20,9 +20,10 @@ reference-code bugs of SPEC §4.4):
   ==================== =====================================================================
 
 `Strided` and `Fixed` are the Sparse Transformer's patterns, which are causal by definition
-(SPEC §4.5: "All patterns are causal"; the strided band {max(0, i−l) … i} is written
+(arXiv 1904.10509: all its patterns are causal; the strided band {max(0, i−l) … i} is written
 one-sided), so their index sets include j ≤ i and ``causal`` changes nothing for them. The
-post's own patterns are bidirectional (SPEC §4.2) and ``causal=True`` adds j ≤ i.
+post's own patterns are bidirectional (docs/sparse_attention.md §1.2) and ``causal=True``
+adds j ≤ i.
 
 `attention` never builds an (N, N) array, not even for `Full`: every pattern is computed as
 query blocks against windows of key blocks, a few MiB of logits at a time in a `lax.map`
@@ -54,7 +55,7 @@ A query with no allowed key (padding, causal masks) gets a zero output and zero 
 import dataclasses
 import functools
 import math
-from typing import Callable, Union
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +81,7 @@ def _check_positive_int(name: str, value) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Full:
-    """Every query attends every key: A(i) = {0 … N−1} (SPEC §4.2)."""
+    """Every query attends every key: A(i) = {0 … N−1} (docs/sparse_attention.md §1.2)."""
 
     def allows(self, i, j) -> Array:
         """Bool array, the broadcast of int arrays ``i`` (query) and ``j`` (key)."""
@@ -90,7 +91,10 @@ class Full:
 
 @dataclasses.dataclass(frozen=True)
 class Atrous:
-    """Atrous (dilated) self-attention: A(i) = {j : (i − j) mod rate = 0} (SPEC §4.2)."""
+    """Atrous (dilated) self-attention: A(i) = {j : (i − j) mod rate = 0}.
+
+    The post's Atrous pattern, docs/sparse_attention.md §1.2.
+    """
 
     rate: int
 
@@ -104,7 +108,10 @@ class Atrous:
 
 @dataclasses.dataclass(frozen=True)
 class Local:
-    """Local self-attention: A(i) = {i + m·dilation : |m| ≤ radius} ∩ [0, N) (SPEC §4.2)."""
+    """Local self-attention: A(i) = {i + m·dilation : |m| ≤ radius} ∩ [0, N).
+
+    The post's Local pattern, docs/sparse_attention.md §1.2.
+    """
 
     radius: int
     dilation: int = 1
@@ -123,8 +130,9 @@ class Local:
 class Sparse:
     """The post's Sparse self-attention: local |i − j| < rate plus atrous (i − j) mod rate = 0.
 
-    The union of SPEC §4.2 with the local part undilated and self counted once (the reference
-    code dilates the local part by ``rate`` and counts self twice, SPEC §4.4). |i − j| = rate
+    The union of docs/sparse_attention.md §1.2 with the local part undilated and self counted
+    once (the reference code dilates the local part by ``rate`` and counts self twice,
+    docs/sparse_attention.md §7). |i − j| = rate
     is a multiple of the rate, so "< rate" and the post's "≤ rate" give the same set.
     """
 
@@ -141,7 +149,7 @@ class Sparse:
 
 @dataclasses.dataclass(frozen=True)
 class Strided:
-    """The Sparse Transformer's strided pattern (SPEC §4.5), causal by definition.
+    """The Sparse Transformer's strided pattern (docs/sparse_attention.md §1.3), causal.
 
     A(i) = {max(0, i − stride) … i} ∪ {j ≤ i : (i − j) mod stride = 0}.
     """
@@ -159,7 +167,7 @@ class Strided:
 
 @dataclasses.dataclass(frozen=True)
 class Fixed:
-    """The Sparse Transformer's fixed pattern (SPEC §4.5), causal by definition.
+    """The Sparse Transformer's fixed pattern (docs/sparse_attention.md §1.3), causal.
 
     A(i) = {j ≤ i : ⌊j/stride⌋ = ⌊i/stride⌋} ∪ {j ≤ i : j mod stride ∈ {stride − summary …
     stride − 1}}: the query's own block, plus the last ``summary`` columns of every block.
@@ -183,7 +191,7 @@ class Fixed:
         return (j <= i) & (same_block | summary_column)
 
 
-Pattern = Union[Full, Atrous, Local, Sparse, Strided, Fixed]
+Pattern = Full | Atrous | Local | Sparse | Strided | Fixed
 IMPLEMENTATIONS = ("auto", "xla", "cpu_kernel")
 _PATTERNS = (Full, Atrous, Local, Sparse, Strided, Fixed)
 
@@ -645,7 +653,7 @@ def attention(q: Array, k: Array, v: Array, pattern: Pattern, *, causal: bool = 
               key_mask: Array | None = None, implementation: str = "auto") -> Array:
     """Scaled dot-product self-attention restricted to ``pattern``, without an N×N array.
 
-    Softmax scale 1/sqrt(D) (SPEC §4.1). Differentiable in q, k and v. Equal to
+    Softmax scale 1/sqrt(D) (docs/sparse_attention.md §1.1). Differentiable in q, k and v. Equal to
     `reference_attention` up to float rounding.
 
     Args:
@@ -706,8 +714,119 @@ def reference_attention(q: Array, k: Array, v: Array, pattern: Pattern, *,
     if key_mask is not None:
         mask = mask & jnp.asarray(key_mask, bool)[:, None, None, :]
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
-    # Disallowed logits go to the float minimum before the softmax (SPEC §4.3's 2023 note);
+    # Disallowed logits go to the float minimum before the softmax (docs/sparse_attention.md §2);
     # rows with no allowed key would then be uniform, so they are zeroed afterwards.
+    logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+    weights = jax.nn.softmax(logits, axis=-1) * jnp.any(mask, axis=-1, keepdims=True)
+    return jnp.einsum("bhqk,bkhe->bqhe", weights, v)
+
+
+# ------------------------------------------------------------------------------------------
+# Cross-attention: queries and keys of different lengths (a decoder reading an encoder, one
+# decoder direction reading the other's states, a decoder step reading its own cache).
+
+
+def _validate_cross(q, k, v, key_mask, causal_offset) -> None:
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"q, k, v must have shape (batch, length, heads, head_dim), got "
+                         f"{q.shape}, {k.shape}, {v.shape}")
+    if not all(jnp.issubdtype(x.dtype, jnp.floating) for x in (q, k, v)):
+        raise ValueError(f"q, k, v must be floating point, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.shape[0] != q.shape[0] or k.shape[2:] != q.shape[2:]:
+        raise ValueError(f"k must have shape (batch, key_length, heads, head_dim) = "
+                         f"({q.shape[0]}, Tk, {q.shape[2]}, {q.shape[3]}) to match q "
+                         f"{q.shape}, got {k.shape}")
+    if v.shape[:3] != k.shape[:3]:
+        raise ValueError(f"v must have shape (batch, key_length, heads, value_dim) = "
+                         f"{k.shape[:3]} + (E,) to match k {k.shape}, got {v.shape}")
+    if key_mask is not None and np.shape(key_mask) != k.shape[:2]:
+        raise ValueError(f"key_mask must have shape (batch, key_length) = {k.shape[:2]} to "
+                         f"match k {k.shape}, got {np.shape(key_mask)}")
+    if causal_offset is not None and np.shape(causal_offset) not in ((), (q.shape[0],)):
+        raise ValueError(f"causal_offset must be an int or have shape (batch,) = "
+                         f"({q.shape[0]},), got shape {np.shape(causal_offset)}")
+
+
+def _cross_query_block(num_queries: int, num_keys: int, batch_size: int) -> int:
+    """Queries per chunk so that a chunk's float32 logits stay near `_DENSE_CHUNK_BYTES`."""
+    return max(1, min(num_queries, _DENSE_CHUNK_BYTES // (4 * batch_size * num_keys)))
+
+
+@functools.partial(jax.jit, static_argnames=("has_offset",))
+def _cross_attention(q, k, v, key_mask, causal_offset, has_offset):
+    num_queries, num_keys = q.shape[1], k.shape[1]
+    scale = jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+    keys = jnp.moveaxis(k, 1, -2)  # [B, H, Tk, D]
+    values = jnp.moveaxis(v, 1, -2)  # [B, H, Tk, E]
+    key_valid = key_mask[:, None, :, None]  # [B, 1, Tk, 1], keys-major like `_attend`
+    block = _cross_query_block(num_queries, num_keys, math.prod(q.shape[::2]))
+    num_blocks = -(-num_queries // block)
+    q_blocks = _to_blocks(jnp.swapaxes(q * scale, 0, 1), block, num_blocks)  # [T, B, H, Bq, D]
+    key_position = jnp.arange(num_keys)[:, None]  # [Tk, 1]
+    offset = jnp.broadcast_to(causal_offset, q.shape[:1])[:, None, None, None]  # [B, 1, 1, 1]
+
+    def attend_block(t):
+        query_position = t * block + jnp.arange(block)[None, :]  # [1, Bq]
+        mask = key_valid
+        if has_offset:
+            mask = mask & (key_position <= query_position + offset)  # [B, 1, Tk, Bq]
+        return _attend(q_blocks[t], keys, values, mask)
+
+    out, _ = jax.lax.map(jax.checkpoint(attend_block, prevent_cse=False),
+                         jnp.arange(num_blocks))
+    return jnp.swapaxes(_from_blocks(out, num_queries), 0, 1).astype(v.dtype)
+
+
+def cross_attention(q: Array, k: Array, v: Array, *, key_mask: Array | None = None,
+                    causal_offset=None) -> Array:
+    """Scaled dot-product attention of Tq queries to Tk keys, without a [Tq, Tk] array per head.
+
+    Softmax scale 1/sqrt(D), as `attention`. Differentiable in q, k and v. Equal to
+    `reference_cross_attention` up to float rounding. Computed in blocks of queries, each
+    against all keys and recomputed in the backward pass, so memory stays a few MiB of
+    logits at a time however long both sides are.
+
+    Args:
+      q: [B, Tq, H, D] queries, float.
+      k: [B, Tk, H, D] keys.
+      v: [B, Tk, H, E] values.
+      key_mask: optional bool [B, Tk]; False marks padding keys nobody may attend.
+      causal_offset: optional int, or int array [] or [B] (may be traced, so a decoding
+        loop does not recompile per step): query i may attend key j only if
+        j ≤ i + causal_offset. 0 is the usual causal mask for Tq = Tk; a decoder at step
+        t with one query and a cache of Tk ≥ t + 1 slots uses t.
+
+    Returns:
+      [B, Tq, H, E] in the dtype of ``v``; zeros (and zero gradients) for a query with no
+      allowed key.
+
+    Raises:
+      ValueError: on mismatched shapes, naming the argument and the shapes.
+    """
+    _validate_cross(q, k, v, key_mask, causal_offset)
+    if key_mask is None:
+        key_mask = jnp.ones(k.shape[:2], bool)
+    has_offset = causal_offset is not None
+    offset = jnp.asarray(causal_offset if has_offset else 0, jnp.int32)
+    return _cross_attention(q, k, v, jnp.asarray(key_mask, bool), offset, has_offset)
+
+
+def reference_cross_attention(q: Array, k: Array, v: Array, *, key_mask: Array | None = None,
+                              causal_offset=None) -> Array:
+    """`cross_attention` computed the slow, obvious way, from [B, H, Tq, Tk] logits.
+
+    Args and returns as in `cross_attention`.
+    """
+    _validate_cross(q, k, v, key_mask, causal_offset)
+    batch, num_queries, num_keys = q.shape[0], q.shape[1], k.shape[1]
+    mask = jnp.ones((batch, 1, num_queries, num_keys), bool)
+    if key_mask is not None:
+        mask = mask & jnp.asarray(key_mask, bool)[:, None, None, :]
+    if causal_offset is not None:
+        offset = jnp.broadcast_to(jnp.asarray(causal_offset), (batch,))[:, None, None, None]
+        i, j = jnp.arange(num_queries)[:, None], jnp.arange(num_keys)[None, :]
+        mask = mask & (j <= i + offset)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
     logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
     weights = jax.nn.softmax(logits, axis=-1) * jnp.any(mask, axis=-1, keepdims=True)
     return jnp.einsum("bhqk,bkhe->bqhe", weights, v)

@@ -5,6 +5,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import jax.test_util
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -20,7 +21,7 @@ ALL_PATTERNS = [Full(), Atrous(1), Atrous(2), Atrous(5), Local(1), Local(3), Loc
 
 
 def enumerate_allowed(pattern, i, length):
-    """A(i) built constructively from SPEC §4.2 / §4.5 by walking offsets, not by a formula."""
+    """A(i) built by walking offsets, not by a formula (docs/sparse_attention.md §1.2–§1.3)."""
     if isinstance(pattern, Full):
         keys = set(range(length))
     elif isinstance(pattern, Atrous):
@@ -320,3 +321,151 @@ def test_auto_falls_back_to_xla_when_the_kernel_is_unavailable(monkeypatch):
     assert "kexue_band_attention" not in _compiled_text(16, "auto", Local(5))
     q, k, v, cotangent, key_mask = random_inputs(4, 1, 30, 2)
     assert_matches_reference(Local(5), False, q, k, v, key_mask, cotangent, "auto")
+
+
+# ------------------------------------------------------------------------------------------
+# Cross-attention: query and key lengths differ, key mask, causal offset.
+
+
+def numpy_cross_attention(q, k, v, key_mask, causal_offset):
+    """Float64 loops over (batch, head, query): softmax over the allowed keys, else zeros."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    batch, num_queries, heads, head_dim = q.shape
+    offsets = np.broadcast_to(np.asarray(0 if causal_offset is None else causal_offset),
+                              (batch,))
+    out = np.zeros(q.shape[:3] + v.shape[3:])
+    for b in range(batch):
+        for h in range(heads):
+            for i in range(num_queries):
+                keys = [j for j in range(k.shape[1]) if key_mask[b, j]
+                        and (causal_offset is None or j <= i + offsets[b])]
+                if not keys:
+                    continue
+                logits = np.array([q[b, i, h] @ k[b, j, h] for j in keys]) / math.sqrt(head_dim)
+                weights = np.exp(logits - logits.max())
+                out[b, i, h] = (weights / weights.sum()) @ v[b, keys, h]
+    return out
+
+
+def random_cross_inputs(seed, batch, num_queries, num_keys, heads=2, head_dim=4, value_dim=3,
+                        p_valid=0.7):
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(batch, num_queries, heads, head_dim))
+    k = rng.normal(size=(batch, num_keys, heads, head_dim))
+    v = rng.normal(size=(batch, num_keys, heads, value_dim))
+    cotangent = rng.normal(size=(batch, num_queries, heads, value_dim))
+    key_mask = rng.random((batch, num_keys)) < p_valid
+    return [jnp.asarray(x, jnp.float32) for x in (q, k, v, cotangent)] + [key_mask]
+
+
+@functools.partial(jax.jit, static_argnames=("fn",))
+def cross_output_and_grads(q, k, v, key_mask, causal_offset, cotangent, fn):
+    out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, key_mask=key_mask,
+                                          causal_offset=causal_offset), q, k, v)
+    return (out,) + vjp(cotangent)
+
+
+@settings(max_examples=12, deadline=None)
+@given(num_queries=st.sampled_from([1, 5, 17]), num_keys=st.sampled_from([1, 6, 23]),
+       offset=st.sampled_from([None, 0, -2, 4, "per_example"]), seed=st.integers(0, 2**16))
+def test_cross_attention_matches_numpy_and_reference_gradients(num_queries, num_keys, offset,
+                                                               seed):
+    q, k, v, cotangent, key_mask = random_cross_inputs(seed, 3, num_queries, num_keys)
+    if offset == "per_example":
+        offset = jnp.array([0, 3, -1])
+    fast = cross_output_and_grads(q, k, v, key_mask, offset, cotangent,
+                                  fn=attn.cross_attention)
+    np.testing.assert_allclose(fast[0], numpy_cross_attention(q, k, v, key_mask, offset),
+                               rtol=1e-5, atol=1e-5)
+    slow = cross_output_and_grads(q, k, v, key_mask, offset, cotangent,
+                                  fn=attn.reference_cross_attention)
+    for name, got, want in zip(("out", "dq", "dk", "dv"), fast, slow):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_cross_attention_gradients_match_finite_differences():
+    q, k, v, _, key_mask = random_cross_inputs(5, 2, 4, 7)
+    key_mask[1] = False  # a batch element with no key: zero output, gradients still checked
+
+    def loss(q, k, v):
+        out = attn.cross_attention(q, k, v, key_mask=key_mask, causal_offset=jnp.array([1, 0]))
+        return jnp.sum(jnp.sin(out))
+
+    # The kernel takes its logits in float32 even for float64 inputs, so the differences
+    # use a step and a tolerance at float32's precision.
+    with jax.enable_x64(True):
+        args = [jnp.asarray(x, jnp.float64) for x in (q, k, v)]
+        jax.test_util.check_grads(jax.jit(loss), args, order=1, modes=["rev"], eps=1e-3,
+                                  atol=1e-3, rtol=1e-3)
+
+
+def test_cross_attention_in_many_query_blocks(monkeypatch):
+    """A tiny chunk size: one query per block, and a final block padded past Tq."""
+    monkeypatch.setattr(attn, "_DENSE_CHUNK_BYTES", 4 * 2 * 2 * 9 * 3)  # 3 queries a block
+    q, k, v, cotangent, key_mask = random_cross_inputs(6, 2, 11, 9)
+    fast = cross_output_and_grads(q, k, v, key_mask, 2, cotangent, fn=attn.cross_attention)
+    slow = cross_output_and_grads(q, k, v, key_mask, 2, cotangent,
+                                  fn=attn.reference_cross_attention)
+    for got, want in zip(fast, slow):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_cross_attention_queries_without_keys_give_zeros_and_finite_grads():
+    q, k, v, cotangent, _ = random_cross_inputs(7, 2, 6, 5)
+    key_mask = np.ones((2, 5), bool)
+    key_mask[0] = False  # batch 0: no key; batch 1: offset −3 leaves queries 0..2 empty
+    out, dq, dk, dv = cross_output_and_grads(q, k, v, key_mask, jnp.array([0, -3]), cotangent,
+                                             fn=attn.cross_attention)
+    for x in (out, dq, dk, dv):
+        assert np.isfinite(np.asarray(x)).all()
+    np.testing.assert_array_equal(out[0], 0.0)
+    np.testing.assert_array_equal(out[1, :3], 0.0)
+    assert np.abs(np.asarray(out[1, 3:])).min() > 0
+    np.testing.assert_array_equal(dq[0], 0.0)
+    np.testing.assert_array_equal(dq[1, :3], 0.0)
+    np.testing.assert_array_equal(dk[0], 0.0)
+    np.testing.assert_array_equal(dv[0], 0.0)
+
+
+def test_cross_attention_with_equal_lengths_matches_self_attention():
+    q, k, v, _, key_mask = random_cross_inputs(8, 2, 9, 9, head_dim=8, value_dim=8)
+    for causal, offset in ((False, None), (True, 0)):
+        np.testing.assert_allclose(
+            attn.cross_attention(q, k, v, key_mask=key_mask, causal_offset=offset),
+            attn.attention(q, k, v, Full(), causal=causal, key_mask=key_mask),
+            rtol=1e-5, atol=1e-5)
+
+
+def test_cross_attention_traced_offset_compiles_once():
+    q, k, v, _, key_mask = random_cross_inputs(9, 1, 1, 8)
+    traces = []
+
+    @jax.jit
+    def decode_step(step):
+        traces.append(step)
+        return attn.cross_attention(q, k, v, causal_offset=step)
+
+    outs = [decode_step(jnp.int32(t)) for t in range(4)]
+    assert len(traces) == 1
+    for t, out in enumerate(outs):  # one query at step t sees cache slots 0..t
+        np.testing.assert_allclose(out, numpy_cross_attention(q, k, v, np.ones((1, 8), bool), t),
+                                   rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fn", [attn.cross_attention, attn.reference_cross_attention])
+def test_cross_attention_shapes_are_validated(fn):
+    q, k = jnp.zeros((2, 3, 4, 8)), jnp.zeros((2, 5, 4, 8))
+    cases = [
+        (dict(q=q[..., 0]), r"q, k, v must have shape"),
+        (dict(k=k[:1]), r"k must have shape .* = \(2, Tk, 4, 8\).*got \(1, 5, 4, 8\)"),
+        (dict(k=k[..., :4]), r"k must have shape"),
+        (dict(v=k[:, :4]), r"v must have shape .*got \(2, 4, 4, 8\)"),
+        (dict(key_mask=jnp.ones((2, 3), bool)), r"key_mask must have shape .* = \(2, 5\)"),
+        (dict(causal_offset=jnp.zeros((3,), int)), r"causal_offset must be an int or have"),
+        (dict(v=k.astype(jnp.int32)), "must be floating point"),
+    ]
+    for override, match in cases:
+        args = dict(q=q, k=k, v=k, key_mask=None, causal_offset=None) | override
+        with pytest.raises(ValueError, match=match):
+            fn(args["q"], args["k"], args["v"], key_mask=args["key_mask"],
+               causal_offset=args["causal_offset"])

@@ -1,0 +1,460 @@
+"""Greedy decoding and beam search over any step function, kept apart from the models.
+
+Glossary of shapes: B batch, K beam size, N = B·K hypotheses, V vocabulary, L ``max_len``.
+
+A model plugs in through one pure function,
+
+    step_fn(cache, token_ids) -> (log_probs, cache)
+      token_ids: (N,) int32, the last token of every hypothesis (the start id at step 0);
+      log_probs: (N, V) float, log-probabilities (≤ 0, each row normalised) of the next
+        token; −inf forbids a token;
+      cache: any pytree whose leaves all have leading axis N (decoder states, the encoder
+        output repeated per hypothesis, a step counter): whatever the model needs to carry
+        from one step to the next.
+
+Everything here is a pure, jittable function with fixed shapes: the loop is one
+`jax.lax.while_loop` over at most L steps that stops early once nothing can change the
+result, and reordering hypotheses gathers every cache leaf with `jnp.take`. Trace it inside
+your own `jax.jit` (with ``step_fn`` closing over the model's parameters), and it compiles
+once per shape.
+
+Beam search keeps two sets apart, as Tensor2Tensor's and Flax's WMT example do: K *alive*
+hypotheses that have not emitted EOS and K *finished* ones. Each step ends every alive
+hypothesis with EOS and merges those K candidates into the finished set (best K by
+length-penalised score), and keeps the best K expansions by any other token alive. (Taking
+the EOS candidates apart, rather than the top 2K of all expansions, means a beam as wide as
+the number of live prefixes is exhaustive: its n-best list is exact.) Scores are GNMT's
+(Wu et al. 2016, https://arxiv.org/abs/1609.08144):
+
+    score(y) = log p(y) / lp(|y|),   lp(n) = ((5 + n) / 6) ** alpha,
+
+where |y| counts the generated tokens including the EOS (not the start token); alpha = 0
+gives the raw sum of log-probabilities, the seed's rule (https://kexue.fm/archives/6877).
+Decoding stops after L steps, or as soon as every batch element holds K finished
+hypotheses and no alive one can still beat the worst of them: with log-probs ≤ 0 and
+alpha ≥ 0 an alive hypothesis can at best reach its current log p over lp(L).
+
+Constraints, shared by both searches (`constrain_log_probs`): EOS is forbidden while fewer
+than ``min_len`` tokens precede it, and with ``no_repeat_ngram_size`` = n > 0 no token may
+complete an n-gram that already occurs in the hypothesis.
+
+The beam state (`BeamState`) and the steps that act on it (`constrain_log_probs`,
+`expand_beams`, `gather_beams`) are separate functions so that other searches (e.g. one
+that scores two decoding directions against each other) can reuse them with their own
+log-probabilities.
+"""
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+StepFn = Callable[[Any, Array], tuple[Array, Any]]
+
+NEG_INF = -jnp.inf
+
+
+class DecodeResult(NamedTuple):
+    """What a search returns; shapes for beam search, greedy drops the K axis.
+
+    Attributes:
+      sequences: (B, K, L) int32, generated tokens (EOS included, not the start token),
+        ``pad_id`` after the end; best first.
+      scores: (B, K) float32, the length-penalised scores the hypotheses are ranked by
+        (greedy: the log-probabilities); −inf for an empty slot.
+      log_probs: (B, K) float32, Σ log p of the tokens in ``sequences``.
+      lengths: (B, K) int32, tokens in ``sequences``, EOS included.
+      finished: (B, K) bool, whether the hypothesis ended with EOS. Beam search lists every
+        finished hypothesis before any unfinished one (cut at L tokens), which only fill
+        slots that no finished hypothesis took.
+    """
+
+    sequences: Array
+    scores: Array
+    log_probs: Array
+    lengths: Array
+    finished: Array
+
+
+class BeamState(NamedTuple):
+    """The loop state of beam search.
+
+    Attributes:
+      step: () int32, tokens generated so far by every alive hypothesis.
+      alive_sequences: (B, K, L) int32, ``pad_id`` from ``step`` on.
+      alive_log_probs: (B, K) float32, Σ log p; −inf for an empty slot.
+      last_tokens: (B, K) int32, the token each alive hypothesis feeds ``step_fn`` next.
+      cache: pytree, leaves with leading axis N = B·K in (batch, beam) order.
+      finished_sequences: (B, K, L) int32.
+      finished_scores: (B, K) float32, length-penalised; −inf for an empty slot.
+      finished_log_probs: (B, K) float32.
+      finished_lengths: (B, K) int32.
+    """
+
+    step: Array
+    alive_sequences: Array
+    alive_log_probs: Array
+    last_tokens: Array
+    cache: Any
+    finished_sequences: Array
+    finished_scores: Array
+    finished_log_probs: Array
+    finished_lengths: Array
+
+
+# ------------------------------------------------------------------------------------------
+# Pieces shared by the searches.
+
+
+def length_penalty(length: Array, alpha: float) -> Array:
+    """GNMT's lp(n) = ((5 + n) / 6) ** alpha, float32, the shape of ``length``."""
+    return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
+
+
+def _validate(*, max_len: int, min_len: int, no_repeat_ngram_size: int,
+              alpha: float = 0.0, beam_size: int = 1) -> None:
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    if not 0 <= min_len < max_len:
+        raise ValueError(f"min_len must lie in [0, max_len={max_len}), got {min_len}")
+    if no_repeat_ngram_size < 0:
+        raise ValueError(f"no_repeat_ngram_size must be >= 0, got {no_repeat_ngram_size}")
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0 (the early stop relies on it), got {alpha}")
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+
+
+def repeated_ngram_mask(sequences: Array, step: Array, vocab_size: int, n: int) -> Array:
+    """Tokens that would complete an n-gram already present in each hypothesis.
+
+    Args:
+      sequences: (N, L) int, the hypotheses; positions [0, step) hold their tokens.
+      step: () int, the length of every hypothesis.
+      vocab_size: V.
+      n: the n-gram size, ≥ 1 (1 forbids every token already generated).
+
+    Returns:
+      (N, V) bool, True for a token t such that (last n − 1 tokens, t) occurs at some
+      earlier position p ≤ step − n.
+    """
+    num, length = sequences.shape
+    padded = jnp.pad(sequences, ((0, 0), (0, n)), constant_values=-1)  # [N, L + n]
+    start = jnp.arange(length)[None, :]  # p, the first position of an earlier n-gram
+    match = jnp.broadcast_to(start <= step - n, (num, length))
+    for offset in range(n - 1):
+        # Token `offset` of the current (n − 1)-token suffix; clipped where step < n − 1,
+        # where `start <= step - n` already rules every p out.
+        suffix_token = jnp.take(padded, jnp.clip(step - (n - 1) + offset, 0), axis=1)
+        match &= padded[:, offset:offset + length] == suffix_token[:, None]
+    banned = padded[:, n - 1:n - 1 + length]  # [N, L]: the token that followed each match
+    rows = jnp.arange(num)[:, None]
+    return jnp.zeros((num, vocab_size), bool).at[rows, jnp.clip(banned, 0)].max(match)
+
+
+def constrain_log_probs(log_probs: Array, sequences: Array, step: Array, *, eos_id: int,
+                        min_len: int = 0, no_repeat_ngram_size: int = 0) -> Array:
+    """Sets forbidden next tokens to −inf: EOS before ``min_len``, repeated n-grams.
+
+    Args:
+      log_probs: (N, V) float, the model's next-token log-probabilities.
+      sequences: (N, L) int, the hypotheses; positions [0, step) hold their tokens.
+      step: () int, the number of tokens each hypothesis has.
+      eos_id: the end token.
+      min_len: EOS is forbidden while ``step < min_len``.
+      no_repeat_ngram_size: n > 0 forbids tokens completing an n-gram already present.
+
+    Returns:
+      (N, V) float32.
+    """
+    log_probs = log_probs.astype(jnp.float32)
+    if min_len > 0:
+        log_probs = log_probs.at[:, eos_id].set(
+            jnp.where(step < min_len, NEG_INF, log_probs[:, eos_id]))
+    if no_repeat_ngram_size > 0:
+        banned = repeated_ngram_mask(sequences, step, log_probs.shape[-1],
+                                     no_repeat_ngram_size)
+        log_probs = jnp.where(banned, NEG_INF, log_probs)
+    return log_probs
+
+
+def _write_step(sequences: Array, step: Array, tokens: Array) -> Array:
+    """Puts ``tokens`` (...,) at position ``step`` of ``sequences`` (..., L)."""
+    return jnp.where(jnp.arange(sequences.shape[-1]) == step, tokens[..., None], sequences)
+
+
+def _start_tokens(start_ids, batch_size: int) -> Array:
+    return jnp.broadcast_to(jnp.asarray(start_ids, jnp.int32), (batch_size,))
+
+
+def _batch_size(cache, start_ids) -> int:
+    """B, from ``start_ids`` when it is an array, else from the cache; checks every leaf."""
+    leaves = jax.tree.leaves(cache)
+    if jnp.ndim(start_ids) == 1:
+        batch = jnp.shape(start_ids)[0]
+    elif leaves and jnp.ndim(leaves[0]) > 0:
+        batch = jnp.shape(leaves[0])[0]
+    else:
+        raise ValueError("cannot tell the batch size: give start_ids as a (batch,) array or "
+                         "a cache whose leaves have leading axis batch")
+    for leaf in leaves:
+        if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != batch:
+            raise ValueError(f"every cache leaf must have leading axis B = {batch}, "
+                             f"got shape {jnp.shape(leaf)}")
+    return batch
+
+
+# ------------------------------------------------------------------------------------------
+# Greedy.
+
+
+def greedy_search(step_fn: StepFn, cache: Any, start_ids, *, max_len: int, eos_id: int,
+                  min_len: int = 0, no_repeat_ngram_size: int = 0,
+                  pad_id: int = 0) -> DecodeResult:
+    """Takes the most likely allowed token at every step until EOS or ``max_len`` tokens.
+
+    Args:
+      step_fn: ``(cache, token_ids (B,)) -> (log_probs (B, V), cache)``.
+      cache: pytree, leaves with leading axis B.
+      start_ids: int or (B,) int, the first token fed to ``step_fn``.
+      max_len: L, the most tokens generated, EOS included (static).
+      eos_id: the end token (static).
+      min_len: EOS is forbidden before this many tokens (static).
+      no_repeat_ngram_size: n > 0 forbids repeating any n-gram (static).
+      pad_id: fills ``sequences`` after the end.
+
+    Returns:
+      `DecodeResult` without the K axis: sequences (B, L), scores = log_probs (B,),
+      lengths (B,), finished (B,).
+    """
+    _validate(max_len=max_len, min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size)
+    batch = _batch_size(cache, start_ids)
+
+    def not_done(carry):
+        step, _, _, _, finished, _, _ = carry
+        return (step < max_len) & ~jnp.all(finished)
+
+    def body(carry):
+        step, sequences, log_prob, lengths, finished, last, cache = carry
+        step_log_probs, cache = step_fn(cache, last)
+        step_log_probs = constrain_log_probs(step_log_probs, sequences, step, eos_id=eos_id,
+                                             min_len=min_len,
+                                             no_repeat_ngram_size=no_repeat_ngram_size)
+        token = jnp.argmax(step_log_probs, axis=-1).astype(jnp.int32)
+        token_log_prob = jnp.take_along_axis(step_log_probs, token[:, None], axis=-1)[:, 0]
+        token = jnp.where(finished, pad_id, token)
+        sequences = _write_step(sequences, step, token)
+        log_prob = log_prob + jnp.where(finished, 0.0, token_log_prob)
+        lengths = jnp.where(finished, lengths, step + 1)
+        finished = finished | (token == eos_id)
+        return step + 1, sequences, log_prob, lengths, finished, token, cache
+
+    carry = (jnp.int32(0), jnp.full((batch, max_len), pad_id, jnp.int32),
+             jnp.zeros((batch,), jnp.float32), jnp.zeros((batch,), jnp.int32),
+             jnp.zeros((batch,), bool), _start_tokens(start_ids, batch), cache)
+    _, sequences, log_prob, lengths, finished, _, _ = jax.lax.while_loop(not_done, body, carry)
+    return DecodeResult(sequences, log_prob, log_prob, lengths, finished)
+
+
+# ------------------------------------------------------------------------------------------
+# Beam search.
+
+
+def init_beam_state(cache: Any, start_ids, *, beam_size: int, max_len: int,
+                    pad_id: int = 0) -> BeamState:
+    """The state before the first step: one live hypothesis per batch element.
+
+    Args:
+      cache: pytree, leaves with leading axis B; each row is repeated K times.
+      start_ids: int or (B,) int, the first token fed to ``step_fn``.
+      beam_size: K.
+      max_len: L.
+      pad_id: fills the sequences.
+
+    Returns:
+      `BeamState` with slot 0 at log-prob 0 and the other K − 1 slots empty (−inf), so the
+      first step expands one hypothesis, not K copies of it.
+    """
+    batch = _batch_size(cache, start_ids)
+    log_probs = jnp.full((batch, beam_size), NEG_INF, jnp.float32).at[:, 0].set(0.0)
+    sequences = jnp.full((batch, beam_size, max_len), pad_id, jnp.int32)
+    start = jnp.broadcast_to(_start_tokens(start_ids, batch)[:, None], (batch, beam_size))
+    return BeamState(
+        step=jnp.int32(0),
+        alive_sequences=sequences,
+        alive_log_probs=log_probs,
+        last_tokens=start,
+        cache=jax.tree.map(lambda x: jnp.repeat(x, beam_size, axis=0), cache),
+        finished_sequences=sequences,
+        finished_scores=jnp.full((batch, beam_size), NEG_INF, jnp.float32),
+        finished_log_probs=jnp.full((batch, beam_size), NEG_INF, jnp.float32),
+        finished_lengths=jnp.zeros((batch, beam_size), jnp.int32),
+    )
+
+
+def gather_beams(tree: Any, beam_indices: Array) -> Any:
+    """Reorders hypotheses: row (b, k) of the result is row (b, beam_indices[b, k]).
+
+    Args:
+      tree: pytree, leaves with leading axis B·K_in in (batch, beam) order.
+      beam_indices: (B, K_out) int in [0, K_in).
+
+    Returns:
+      the pytree with leading axes B·K_out.
+    """
+    batch = beam_indices.shape[0]
+
+    def gather(leaf):
+        beams_in = leaf.shape[0] // batch
+        rows = (jnp.arange(batch)[:, None] * beams_in + beam_indices).reshape(-1)
+        return jnp.take(leaf, rows, axis=0)
+
+    return jax.tree.map(gather, tree)
+
+
+def _take(x: Array, indices: Array) -> Array:
+    """x (B, M, ...) gathered along axis 1 by indices (B, M')."""
+    return jnp.take_along_axis(x, indices.reshape(indices.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def expand_beams(state: BeamState, log_probs: Array, new_cache: Any, *, eos_id: int,
+                 alpha: float = 0.0) -> BeamState:
+    """One beam-search step from given next-token log-probabilities.
+
+    Args:
+      state: the `BeamState` before the step.
+      log_probs: (B, K, V) float32, constrained next-token log-probabilities of every alive
+        hypothesis (−inf forbids).
+      new_cache: the cache after the step, leaves with leading axis B·K in the order of
+        ``state``; it is reordered here to follow the surviving hypotheses.
+      eos_id: the end token.
+      alpha: the length-penalty exponent.
+
+    Returns:
+      the `BeamState` after the step.
+    """
+    batch, beams, vocab = log_probs.shape
+    step = state.step
+
+    # Finished: the best K of the old finished set and every alive hypothesis + EOS.
+    eos_log_probs = state.alive_log_probs + log_probs[..., eos_id]  # [B, K]
+    ends = jnp.isfinite(eos_log_probs)
+    new_scores = jnp.where(ends, eos_log_probs / length_penalty(step + 1, alpha), NEG_INF)
+    finished_scores, keep = jax.lax.top_k(
+        jnp.concatenate([state.finished_scores, new_scores], axis=1), beams)
+
+    def merge_finished(old, new):
+        return _take(jnp.concatenate([old, new], axis=1), keep)
+
+    eos_tokens = jnp.full((batch, beams), eos_id, jnp.int32)
+    finished_sequences = merge_finished(state.finished_sequences,
+                                        _write_step(state.alive_sequences, step, eos_tokens))
+    finished_log_probs = merge_finished(state.finished_log_probs,
+                                        jnp.where(ends, eos_log_probs, NEG_INF))
+    finished_lengths = merge_finished(state.finished_lengths,
+                                      jnp.full((batch, beams), step + 1, jnp.int32))
+
+    # Alive: the best K expansions by any other token.
+    candidates = state.alive_log_probs[..., None] + log_probs.at[..., eos_id].set(NEG_INF)
+    alive_log_probs, top_index = jax.lax.top_k(candidates.reshape(batch, beams * vocab), beams)
+    parent, token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
+    return BeamState(
+        step=step + 1,
+        alive_sequences=_write_step(_take(state.alive_sequences, parent), step, token),
+        alive_log_probs=alive_log_probs,
+        last_tokens=token,
+        cache=gather_beams(new_cache, parent),
+        finished_sequences=finished_sequences,
+        finished_scores=finished_scores,
+        finished_log_probs=finished_log_probs,
+        finished_lengths=finished_lengths,
+    )
+
+
+def beam_search_step(state: BeamState, step_fn: StepFn, *, eos_id: int, alpha: float = 0.0,
+                     min_len: int = 0, no_repeat_ngram_size: int = 0) -> BeamState:
+    """Runs ``step_fn`` on every alive hypothesis, applies the constraints, expands."""
+    batch, beams, max_len = state.alive_sequences.shape
+    log_probs, new_cache = step_fn(state.cache, state.last_tokens.reshape(-1))
+    log_probs = constrain_log_probs(log_probs, state.alive_sequences.reshape(-1, max_len),
+                                    state.step, eos_id=eos_id, min_len=min_len,
+                                    no_repeat_ngram_size=no_repeat_ngram_size)
+    return expand_beams(state, log_probs.reshape(batch, beams, -1), new_cache, eos_id=eos_id,
+                        alpha=alpha)
+
+
+def beam_search_can_stop(state: BeamState, *, max_len: int, alpha: float) -> Array:
+    """() bool: after L steps, or when no alive hypothesis can still enter any finished set.
+
+    Sound for log-probs ≤ 0 and alpha ≥ 0: an alive hypothesis's final score is at most its
+    current log p divided by lp(L).
+    """
+    best_possible = jnp.max(state.alive_log_probs, axis=1) / length_penalty(max_len, alpha)
+    worst_finished = jnp.min(state.finished_scores, axis=1)  # −inf while a slot is empty
+    return (state.step >= max_len) | jnp.all(best_possible <= worst_finished)
+
+
+def beam_search_result(state: BeamState, *, alpha: float) -> DecodeResult:
+    """The K best hypotheses: the finished ones by score, then unfinished ones to fill.
+
+    An unfinished hypothesis (no EOS within L tokens) is scored as if it ended there.
+    """
+    beams = state.finished_scores.shape[1]
+    alive_scores = state.alive_log_probs / length_penalty(state.step, alpha)
+    scores = jnp.concatenate([state.finished_scores, alive_scores], axis=1)
+    finished = jnp.concatenate([jnp.isfinite(state.finished_scores),
+                                jnp.zeros_like(alive_scores, bool)], axis=1)
+    # Finished first, then by descending score (lexsort: last key is the primary one).
+    order = jnp.lexsort((-scores, ~finished), axis=1)[:, :beams]
+
+    def pick(finished_part, alive_part):
+        return _take(jnp.concatenate([finished_part, alive_part], axis=1), order)
+
+    lengths = jnp.full(alive_scores.shape, state.step, jnp.int32)
+    return DecodeResult(
+        sequences=pick(state.finished_sequences, state.alive_sequences),
+        scores=_take(scores, order),
+        log_probs=pick(state.finished_log_probs, state.alive_log_probs),
+        lengths=pick(state.finished_lengths, lengths),
+        finished=_take(finished, order),
+    )
+
+
+def beam_search(step_fn: StepFn, cache: Any, start_ids, *, beam_size: int, max_len: int,
+                eos_id: int, alpha: float = 0.0, min_len: int = 0,
+                no_repeat_ngram_size: int = 0, pad_id: int = 0) -> DecodeResult:
+    """Beam search with GNMT length penalty, a minimum length and n-gram blocking.
+
+    Args:
+      step_fn: ``(cache, token_ids (B·K,)) -> (log_probs (B·K, V), cache)``; log-probs
+        must be normalised (≤ 0) for the early stop to be exact.
+      cache: pytree, leaves with leading axis B (repeated K times here).
+      start_ids: int or (B,) int, the first token fed to ``step_fn``.
+      beam_size: K, also the number of hypotheses returned (static).
+      max_len: L, the most tokens generated, EOS included (static).
+      eos_id: the end token (static).
+      alpha: the length-penalty exponent, ≥ 0; 0 ranks by the raw sum of log-probs.
+      min_len: EOS is forbidden before this many tokens (static).
+      no_repeat_ngram_size: n > 0 forbids repeating any n-gram within a hypothesis
+        (static).
+      pad_id: fills ``sequences`` after the end.
+
+    Returns:
+      `DecodeResult` with a K axis, best first: sequences (B, K, L), scores, log_probs,
+      lengths, finished (B, K).
+
+    Raises:
+      ValueError: on arguments out of range or a cache leaf without leading axis B.
+    """
+    _validate(max_len=max_len, min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size,
+              alpha=alpha, beam_size=beam_size)
+    state = init_beam_state(cache, start_ids, beam_size=beam_size, max_len=max_len,
+                            pad_id=pad_id)
+    step = functools.partial(beam_search_step, step_fn=step_fn, eos_id=eos_id, alpha=alpha,
+                             min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size)
+    stop = functools.partial(beam_search_can_stop, max_len=max_len, alpha=alpha)
+    state = jax.lax.while_loop(lambda s: ~stop(s), step, state)
+    return beam_search_result(state, alpha=alpha)
