@@ -13,9 +13,10 @@ least float32, so bfloat16 scores give float32 losses. A penalty from
 
 Sign convention: the critic gives real samples HIGH scores, for every loss here (the usual
 convention; for ``non_saturating`` the scores are the logits of "real"). The seed's WGAN
-critics give real samples LOW scores (SPEC §2.3): its D is −T with T ours, and its losses
+critics give real samples LOW scores: its D is −T with T ours, and its losses
 mean(D(x_r)) − mean(D(x_f)) and mean(D(G(z))) are exactly ``wasserstein`` here. Gradient
-penalties depend on ‖∇T‖ only, so they are the same in either convention.
+penalties depend on ‖∇T‖ only, so they are the same in either convention
+(docs/wgan_div.md §2.1).
 """
 
 from __future__ import annotations
@@ -43,10 +44,11 @@ def _as_scores(name: str, scores) -> jax.Array:
     return scores.astype(jnp.promote_types(scores.dtype, jnp.float32))
 
 
-# Non-saturating (Goodfellow et al. 2014; DCGAN, SPEC §2.5). The seed applies a sigmoid and
-# takes log(σ + 1e-9); with logits, −log σ(s) = softplus(−s) and −log(1 − σ(s)) =
-# softplus(s) are exact, never take the log of 0, and keep their slope where the ε
-# version flattens (a real logit of −30 costs 30 here, ≈ 20.7 = −log 1e-9 in the seed's).
+# Non-saturating (Goodfellow et al. 2014, arXiv 1406.2661; the DCGAN preset,
+# docs/wgan_div.md §4.1). The seed applies a sigmoid and takes log(σ + 1e-9); with logits,
+# −log σ(s) = softplus(−s) and −log(1 − σ(s)) = softplus(s) are exact, never take the log
+# of 0, and keep their slope where the ε version flattens (a real logit of −30 costs 30
+# here, ≈ 20.7 = −log 1e-9 in the seed's).
 
 
 def non_saturating_critic_loss(real_logits, fake_logits) -> jax.Array:
@@ -77,7 +79,7 @@ def non_saturating_generator_loss(fake_logits) -> jax.Array:
 
 
 def wasserstein_critic_loss(real_scores, fake_scores) -> jax.Array:
-    """E[T(fake)] − E[T(real)], the WGAN critic loss (SPEC §2.1, §2.3 with T = −D).
+    """E[T(fake)] − E[T(real)], the WGAN critic loss (docs/wgan_div.md §2.1).
 
     Args:
       real_scores: critic scores on real samples, any shape, floating point.

@@ -1,4 +1,4 @@
-"""Margin softmax losses for cosine classifiers (SPEC §1.4, post 1).
+"""Margin softmax losses for cosine classifiers (docs/sentence_similarity.md §3).
 
 Glossary of shapes: B batch, C classes, D embedding width. ``cos[b, j] = ⟨z_b, c_j⟩`` is the
 cosine between an L2-normalised embedding and a unit-norm class centre, t = ``labels[b]`` the
@@ -9,18 +9,19 @@ cross-entropy, L = logsumexp_j(logit_j) − s·ψ(θ_t), evaluated as the equal
 softplus(logsumexp_{j≠t}(s·cos θ_j) − s·ψ(θ_t)) for precision. Half-precision inputs are
 computed in float32 and the losses come back in float32:
 
-  ========== ============================== ===========================================
+  ========== ============================== ==================================================
   kind       ψ(θ_t)                         source
-  ========== ============================== ===========================================
-  softmax    cos θ_t                        normalised softmax with scale (SPEC §1.4)
-  am         cos θ_t − m                    AM-Softmax, s = 30, m = 0.35 (SPEC §1.4, §8)
+  ========== ============================== ==================================================
+  softmax    cos θ_t                        normalised softmax with scale, the post's baseline
+  am         cos θ_t − m                    AM-Softmax (arXiv 1801.05599): s = 30, m = 0.35
   simpler_a  min(cos 4θ_t, cos θ_t)         the post's "simpler-A-Softmax"; no m
-  arcface    cos(θ_t + m)                   ArcFace / AAM (SPEC §8; paper uses s = 64, m = 0.5)
-  ========== ============================== ===========================================
+  arcface    cos(θ_t + m)                   ArcFace (arXiv 1801.07698; s = 64, m = 0.5 there)
+  ========== ============================== ==================================================
 
 The logit vector is built directly, never with the seed's "subtract the unmargined target
 back" trick: that trick computes log(1 − exp(s·cos θ_t − logZ)), which rounds to log 0 in
-float32 when ψ_t lies far below cos θ_t (simpler-A at θ_t = 45°) and NaNs (SPEC §1.4).
+float32 when ψ_t lies far below cos θ_t (simpler-A at θ_t = 45°) and NaNs
+(docs/sentence_similarity.md §3, "Numerics").
 
 Large class counts (C = 90k in the seed, millions in face recognition):
 
@@ -30,7 +31,7 @@ Large class counts (C = 90k in the seed, millions in face recognition):
 * `sample_classes` / `sampled_margin_softmax_loss`: Partial-FC class sampling.
 * `sharded_margin_softmax_loss`: class centres sharded over a mesh axis with `jax.shard_map`.
 * `project_to_unit_norm`: the Keras ``unit_norm(axis=0)`` constraint (a projection after
-  each update, SPEC §0.1) as an optax transformation.
+  each update, docs/index.md §2 item 6) as an optax transformation.
 """
 
 import functools
@@ -100,7 +101,7 @@ def _compute_dtype(dtype: Any) -> Any:
 
 def _nan_where_label_invalid(loss: Array, labels: Array, num_classes: int) -> Array:
     # Labels are traced, so an out-of-range one cannot raise: it poisons its own loss
-    # instead, which the trainer's non-finite check stops on (DESIGN.md principle 6).
+    # instead, which the trainer's non-finite check stops on (docs/index.md §3).
     valid = (labels >= 0) & (labels < num_classes)
     return jnp.where(valid, loss, jnp.nan)
 
@@ -138,7 +139,7 @@ def _arcface_target(cos_t: Array, margin: Any) -> Array:
 
 
 def target_cosine(cos_t: Array, *, kind: str, margin: Any = 0.35) -> Array:
-    """The margin function ψ applied to target cosines (SPEC §1.4).
+    """The margin function ψ applied to target cosines (docs/sentence_similarity.md §3).
 
     Args:
       cos_t: (...,) float cosines of the target angle θ_t, in [−1, 1].
@@ -155,7 +156,7 @@ def target_cosine(cos_t: Array, *, kind: str, margin: Any = 0.35) -> Array:
     if kind == "am":
         return cos_t - margin
     if kind == "simpler_a":
-        # Chebyshev: cos 4θ = 8c⁴ − 8c² + 1 with c = cos θ, no arccos needed (SPEC §1.4).
+        # Chebyshev: cos 4θ = 8c⁴ − 8c² + 1 with c = cos θ, no arccos needed.
         cos_sq = cos_t * cos_t
         cos_4theta = 8.0 * cos_sq * (cos_sq - 1.0) + 1.0
         return jnp.minimum(cos_4theta, cos_t)
@@ -181,7 +182,7 @@ def _margin_loss_from_parts(non_target_lse: Array, cos_t: Array, *, kind: str, s
 
 def margin_logits(cos: Array, labels: Array, *, kind: str, scale: Any = 30.0,
                   margin: Any = 0.35) -> Array:
-    """Scaled logits with the target entry replaced by s·ψ(θ_t) (SPEC §1.4).
+    """Scaled logits with the target entry replaced by s·ψ(θ_t) (docs/sentence_similarity.md §3).
 
     Args:
       cos: (B, C) cosines, any float dtype.
@@ -209,7 +210,7 @@ def margin_logits(cos: Array, labels: Array, *, kind: str, scale: Any = 30.0,
 
 def margin_softmax_loss(cos: Array, labels: Array, *, kind: str, scale: Any = 30.0,
                         margin: Any = 0.35) -> Array:
-    """Per-example margin softmax cross-entropy (SPEC §1.4).
+    """Per-example margin softmax cross-entropy (docs/sentence_similarity.md §3).
 
     L_b = logsumexp_j(logit_bj) − s·ψ(θ_bt) with the logits of `margin_logits`, evaluated as
     softplus(logsumexp_{j≠t}(s·cos θ_bj) − s·ψ(θ_bt)): the plain difference of two numbers
@@ -421,7 +422,7 @@ def chunked_margin_softmax_loss(embeddings: Array, class_weights: Array, labels:
     Args:
       embeddings: (B, D) L2-normalised embeddings, any float dtype.
       class_weights: (D, C) class centres with unit-norm columns (the flax ``Dense`` kernel
-        layout, SPEC §1.3), any float dtype.
+        layout, docs/sentence_similarity.md §2), any float dtype.
       labels: (B,) integer targets in [0, C).
       kind: one of `KINDS`.
       scale: s, a Python number (static).
@@ -604,11 +605,12 @@ def _sum_of_squares(x: Array, axis) -> Array:
 
 def project_to_unit_norm(axis: int | tuple[int, ...] = 0,
                          eps: float = 1e-12) -> optax.GradientTransformation:
-    """Keras's ``unit_norm(axis)`` constraint: a projection after the update (SPEC §0.1).
+    """Keras's ``unit_norm(axis)`` constraint: a projection after the update (docs/index.md §2).
 
-    Turns updates u into normalize(p + u) − p, so that ``optax.apply_updates`` lands on
-    p_new = (p + u) / ‖p + u‖ with the norm taken over ``axis`` (axis 0: every column of a
-    (D, C) Dense kernel has unit norm, SPEC §1.3). Put it last in an `optax.chain`, and wrap
+    Turns updates u into normalize(p + u) − p, so that
+    ``optax.apply_updates`` lands on p_new = (p + u) / ‖p + u‖ with the norm taken over
+    ``axis`` (axis 0: every column of a (D, C) Dense kernel has unit norm,
+    docs/sentence_similarity.md §2). Put it last in an `optax.chain`, and wrap
     it in `optax.masked` to constrain only the classifier kernel. Keras divides by
     (eps + ‖w‖); dividing by max(‖w‖, eps) instead gives norms of exactly 1 (up to rounding)
     and leaves zero vectors at zero.

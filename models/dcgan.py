@@ -1,8 +1,8 @@
-"""DCGAN generator and critic of the WGAN-div post (SPEC §2.3) and its baselines (SPEC §2.5).
+"""DCGAN generator and critic of the WGAN-div post and its baselines (docs/wgan_div.md §3).
 
 Glossary of shapes: B batch, R resolution (a power of two ≥ 32), Z latent size, NHWC images.
 
-Sizes derive from the resolution as in the seed (`wgan_div_celeba.py`, SPEC §2.3):
+Sizes derive from the resolution as in the seed (`wgan_div_celeba.py`, docs/wgan_div.md §3.1):
 
     num_layers   = log2(R) − 3
     max_channels = base_channels · 2^num_layers      (= 8·R for base 64: 1024 at 128 px)
@@ -11,7 +11,7 @@ Sizes derive from the resolution as in the seed (`wgan_div_celeba.py`, SPEC §2.
 
 At 64 px that is the §2.5 DCGAN layout (G Dense(4·4·512), D convs 64 → 512).
 
-Keras defaults reproduced (SPEC §0.1):
+Keras defaults reproduced (docs/index.md §2):
 
 - BatchNormalization: momentum 0.99 (flax's `momentum` has the same meaning: new moving
   value = 0.99·old + 0.01·batch), ε = 1e-3 (flax's default is 1e-5). Training mode
@@ -30,8 +30,8 @@ Keras defaults reproduced (SPEC §0.1):
 - `LeakyReLU()` has slope 0.3; the W-div critic sets 0.2 explicitly.
 
 Variants are rows of the `GENERATORS` / `CRITICS` tables (functools.partial of the two
-modules): ``wgan_div`` (SPEC §2.3, the class defaults), ``dcgan``, ``wgan_gp`` and
-``wgan_sn`` (SPEC §2.5). The critic returns raw scores: the DCGAN sigmoid lives in the
+modules): ``wgan_div`` (the class defaults), ``dcgan``, ``wgan_gp`` and ``wgan_sn``
+(docs/wgan_div.md §3.2). The critic returns raw scores: the DCGAN sigmoid lives in the
 loss.
 
 The norm layer is a field: a factory called as ``norm(use_running_average=not train)``
@@ -53,7 +53,7 @@ Array = jax.Array
 Initializer = nn.initializers.Initializer
 NormFactory = Callable[..., nn.Module]
 
-# The final feature map of both nets is 4×4 (SPEC §2.3: f_size = R / 2^(num_layers + 1)).
+# The final feature map of both nets is 4×4 (f_size = R / 2^(num_layers + 1) in the seed).
 FEATURE_MAP_SIZE = 4
 MIN_RESOLUTION = 32
 
@@ -91,12 +91,12 @@ def generator_widths(resolution: int, base_channels: int = 64) -> tuple[int, ...
 
 
 def global_average_pool(x: Array) -> Array:
-    """(B, H, W, C) → (B, C): the W-div critic's pooling (SPEC §2.3)."""
+    """(B, H, W, C) → (B, C): the W-div critic's pooling (docs/wgan_div.md §3.1)."""
     return jnp.mean(x, axis=(1, 2))
 
 
 def flatten(x: Array) -> Array:
-    """(B, H, W, C) → (B, H·W·C) in Keras's `Flatten` order (SPEC §2.5, §3.1 rule 6)."""
+    """(B, H, W, C) → (B, H·W·C) in Keras's `Flatten` order (docs/wgan_div.md §3.2)."""
     return x.reshape(x.shape[0], -1)
 
 
@@ -141,7 +141,7 @@ def _check_positive(name: str, value: int) -> None:
 
 
 class Generator(nn.Module):
-    """z (B, Z) → images (B, R, R, out_channels) in [−1, 1] (SPEC §2.3).
+    """z (B, Z) → images (B, R, R, out_channels) in [−1, 1] (docs/wgan_div.md §3.1).
 
     Dense(4·4·max) → norm over the flat features (per unit, before the reshape, as the
     seed) → ReLU → reshape (4, 4, max) → num_layers × [ConvTranspose k×k/2 'same' + bias
@@ -213,11 +213,11 @@ class Generator(nn.Module):
 
 
 class Critic(nn.Module):
-    """Images (B, R, R, C) → scores (B,) (SPEC §2.3; §2.5 variants via fields).
+    """Images (B, R, R, C) → scores (B,) (docs/wgan_div.md §3.1; the §3.2 variants via fields).
 
     (num_layers + 1) × [Conv k×k/2 'same' → norm (all but the first conv) → LeakyReLU]
     → pool → Dense(1). Real and fake batches go through in separate calls, so in training
-    mode each is normalised by its own statistics (SPEC §0.1, §2.3).
+    mode each is normalised by its own statistics (docs/index.md §2 item 3).
 
     Attributes:
       resolution: input side R, a power of two ≥ 32 (seed 128).
@@ -231,7 +231,7 @@ class Critic(nn.Module):
       pool: (B, 4, 4, max) → (B, F) before the head: `global_average_pool` or `flatten`.
       norm: norm factory (see module docstring), or None.
       spectral_norm: wrap every conv and the dense head in flax's `SpectralNorm`
-        (WGAN-SN, SPEC §2.5); its ``u`` and ``sigma`` live in ``batch_stats``.
+        (WGAN-SN, docs/wgan_div.md §3.3); its ``u`` and ``sigma`` live in ``batch_stats``.
       sn_power_iterations: power iterations per call from the stored ``u``. Default 1,
         the SN-GAN practice; the seed ran 5 from a ones vector each call
         (see `models.spectral_norm`).
@@ -295,7 +295,7 @@ class Critic(nn.Module):
                 conv_general_dilated=self.conv_general_dilated,
             )
             h = self._linear(conv, h, train)
-            if i > 0 and self.norm is not None:  # SPEC §3.1: no BN on the first conv
+            if i > 0 and self.norm is not None:  # DCGAN: no BN on the first conv
                 h = self.norm(use_running_average=not train)(h)
             h = nn.leaky_relu(h, negative_slope=self.negative_slope)
         h = self.pool(h)  # [B, F]
@@ -303,7 +303,7 @@ class Critic(nn.Module):
         return self._linear(head, h, train)[:, 0]
 
 
-# The four nets of the seed's repository (SPEC §2.3, §2.5). Every row is a partial, so any
+# The four nets of the seed's repository (docs/wgan_div.md §3.2). Every row is a partial, so any
 # field can still be overridden: CRITICS["dcgan"](resolution=128).
 _KERAS_DEFAULT_CRITIC = functools.partial(
     Critic,
@@ -318,7 +318,7 @@ _KERAS_DEFAULT_GENERATOR = functools.partial(
 )
 
 CRITICS: dict[str, Callable[..., Critic]] = {
-    "wgan_div": Critic,  # SPEC §2.3
+    "wgan_div": Critic,  # docs/wgan_div.md §3.1
     "dcgan": functools.partial(_KERAS_DEFAULT_CRITIC, head_use_bias=True),  # Dense(1, sigmoid)
     "wgan_gp": _KERAS_DEFAULT_CRITIC,  # Dense(1, use_bias=False), linear
     "wgan_sn": functools.partial(
@@ -329,7 +329,7 @@ CRITICS: dict[str, Callable[..., Critic]] = {
 }
 
 GENERATORS: dict[str, Callable[..., Generator]] = {
-    "wgan_div": Generator,  # SPEC §2.3
+    "wgan_div": Generator,  # docs/wgan_div.md §3.1
     "dcgan": _KERAS_DEFAULT_GENERATOR,
     "wgan_gp": _KERAS_DEFAULT_GENERATOR,
     "wgan_sn": _KERAS_DEFAULT_GENERATOR,

@@ -1,9 +1,9 @@
-"""A GRU layer with the semantics of Keras's `CuDNNGRU` (SPEC §0.1).
+"""A GRU layer with the semantics of Keras's `CuDNNGRU` (docs/index.md §2 item 2).
 
 Glossary of shapes: B batch, T time steps, F input features, H units.
 
-The seed's sentence encoder (SPEC §1.3) is a Keras 2.x `CuDNNGRU(128)`. This module
-reproduces what that layer computes and how it is initialised:
+The seed's sentence encoder (docs/sentence_similarity.md §2) is a Keras 2.x `CuDNNGRU(128)`.
+This module reproduces what that layer computes and how it is initialised:
 
 - gate order in every (…, 3H) array: update z, reset r, candidate h (Keras's order;
   PyTorch's `nn.GRU` uses r, z, n);
@@ -85,7 +85,7 @@ def gru_recurrence(
 
 
 class GRU(nn.Module):
-    """Keras `CuDNNGRU` (SPEC §0.1): reset-after gates, two biases, orthogonal U.
+    """Keras `CuDNNGRU` (docs/index.md §2): reset-after gates, two biases, orthogonal U.
 
     Attributes:
       units: H, the state size.

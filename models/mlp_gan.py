@@ -1,4 +1,6 @@
-"""MLP generator and critic for the 2-D mixture-of-Gaussians benchmark (issue 6, item 5).
+"""MLP generator and critic for the 2-D mixture-of-Gaussians benchmark.
+
+The benchmark and the nets: docs/wgan_div.md §3.4 and §5.1.
 
 Glossary of shapes: B batch, Z latent size, D data dimension (2).
 

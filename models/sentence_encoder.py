@@ -1,15 +1,16 @@
-"""The seed's sentence encoder and its cosine classifier (SPEC §1.3, post 1).
+"""The seed's sentence encoder and its cosine classifier (docs/sentence_similarity.md §2).
 
 Glossary of shapes: B batch, T time steps (maxlen, 32 in the seed), V vocabulary size
 (characters + pad + unk), D embedding width, H sentence-vector size, C classes
 (paraphrase groups, 90,000 in the seed).
 
-Architecture (SPEC §1.3): ``Embedding(V, 128)`` without masking → ``CuDNNGRU(128)`` →
-L2 normalisation; the classifier is ``z @ W`` with W (H, C), no bias, every column kept at
-unit norm by a projection after each optimizer update (Keras ``unit_norm(axis=0)``), so
-its outputs are the cosines cos θ_i = ⟨z, c_i⟩ that the margin losses take.
+Architecture (the post: https://kexue.fm/archives/5743): ``Embedding(V, 128)`` without
+masking → ``CuDNNGRU(128)`` → L2 normalisation; the classifier is ``z @ W`` with W (H, C),
+no bias, every column kept at unit norm by a projection after each optimizer update (Keras
+``unit_norm(axis=0)``), so its outputs are the cosines cos θ_i = ⟨z, c_i⟩ that the margin
+losses take.
 
-Keras defaults reproduced (SPEC §0.1):
+Keras defaults reproduced (docs/index.md §2):
   - ``Embedding``: U(−0.05, 0.05); the pad id 0 has its own trainable vector.
   - ``CuDNNGRU``: see `models.gru` (Glorot kernel, orthogonal recurrent kernel, two zero
     biases, reset-after gates, zero initial state).
@@ -36,7 +37,7 @@ L2_NORMALIZE_EPSILON = 1e-12
 
 
 def keras_uniform(minval: float = -0.05, maxval: float = 0.05) -> nn.initializers.Initializer:
-    """Keras's ``RandomUniform`` initializer: U(minval, maxval), SPEC §0.1."""
+    """Keras's ``RandomUniform`` initializer: U(minval, maxval), docs/index.md §2."""
 
     def init(key, shape, dtype=jnp.float32):
         return jax.random.uniform(key, shape, dtype, minval=minval, maxval=maxval)
@@ -61,23 +62,26 @@ def l2_normalize(x: Array, axis: int = -1) -> Array:
       axis: the axis to normalise over.
 
     Returns:
-      An array of x's shape and dtype.
+      An array of x's shape, in float32 or wider: a unit vector rounded to bfloat16 is
+      off by up to 0.4%, enough to push cosines past 1.
     """
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     squared_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
     return x * jax.lax.rsqrt(jnp.maximum(squared_norm, L2_NORMALIZE_EPSILON))
 
 
 class SentenceEncoder(nn.Module):
-    """Characters → GRU → unit sentence vector z (SPEC §1.3).
+    """Characters → GRU → unit sentence vector z (docs/sentence_similarity.md §2).
 
     Attributes:
-      vocab_size: V, number of token ids (0 = pad, 1 = unk, 2… = characters; SPEC §1.2).
+      vocab_size: V, number of token ids (0 = pad, 1 = unk, 2… = characters;
+        docs/sentence_similarity.md §4).
       embed_dim: D, embedding width (seed: 128).
       hidden_dim: H, GRU units and sentence-vector size (seed: 128).
       final_state: ``"last_step"`` (the seed: the state after running over the right
-        padding too, SPEC §1.3 item 2) or ``"masked"`` (the state at the last real
-        character, ids > 0; SPEC §9 item 3). An all-pad row has the zero initial state,
-        which normalises to the zero vector.
+        padding too) or ``"masked"`` (the state at the last real character, ids > 0); see
+        docs/sentence_similarity.md §2 item 2 and §7. An all-pad row has the zero initial
+        state, which normalises to the zero vector.
       dtype: computation dtype (None: float32 parameters decide).
       unroll: GRU time steps per scan iteration (speed only).
     """
@@ -127,12 +131,13 @@ class SentenceEncoder(nn.Module):
 
 
 class CosineClassifier(nn.Module):
-    """z @ W with unit-norm class centres W (SPEC §1.3 item 4): the cosines cos θ_i.
+    """z @ W with unit-norm class centres W: the cosines cos θ_i.
 
     The kernel starts Glorot-uniform with each column rescaled to norm 1. It stays a
     plain parameter; keeping its columns at unit norm after every update is the
-    optimizer's job (an optax projection, SPEC §0.1 last item), as in the seed, so the
-    outputs are cosines only while that projection is applied.
+    optimizer's job (an optax projection, docs/index.md §2 item 6), as in the seed, so the
+    outputs are cosines only while that projection is applied
+    (docs/sentence_similarity.md §2 item 4).
 
     Attributes:
       num_classes: C.
@@ -164,7 +169,9 @@ class CosineClassifier(nn.Module):
 
 
 class SentenceClassifier(nn.Module):
-    """The seed's training model: `SentenceEncoder` then `CosineClassifier` (SPEC §1.3).
+    """The seed's training model: `SentenceEncoder` then `CosineClassifier`.
+
+    The architecture is docs/sentence_similarity.md §2.
 
     Attributes:
       vocab_size: V.

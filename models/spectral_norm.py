@@ -1,4 +1,4 @@
-"""Spectral normalisation for the WGAN-SN critic (SPEC §2.5, `wgan_sn_celeba.py`).
+"""Spectral normalisation for the WGAN-SN critic (docs/wgan_div.md §3.3, `wgan_sn_celeba.py`).
 
 Glossary of shapes: B batch, C channels or features.
 
@@ -37,7 +37,8 @@ class UnitNormScaleBatchNorm(nn.Module):
 
     y = γ/‖γ‖₂ · (x − μ)/√(σ² + ε) + β, with μ, σ² the batch statistics in training
     (`use_running_average=False`) and the moving averages otherwise. This is the seed's
-    spectral normalisation of BN's γ (SPEC §2.5), under Keras's BN defaults (SPEC §0.1).
+    spectral normalisation of BN's γ (docs/wgan_div.md §3.3), under Keras's BN defaults
+    (docs/index.md §2 item 3).
     Note that with γ initialised to ones the effective scale starts at 1/√C.
 
     Drop-in for `functools.partial(nn.BatchNorm, momentum=0.99, epsilon=1e-3)` as the

@@ -1,17 +1,20 @@
-"""A pre-LN Transformer decoder whose attention pattern is a config value (SPEC §4).
+"""A pre-LN Transformer decoder whose attention pattern is a config value.
+
+The model and its choices: docs/sparse_attention.md §5.
 
 Glossary of shapes: B batch, N length (context), V vocabulary, W width (model dimension),
 H heads, D = W / H head dimension, F = 4·W MLP width.
 
-The block (pre-LN, as the Sparse Transformer's pre-activation residual blocks, SPEC §4.5):
+The block (pre-LN, as the Sparse Transformer's pre-activation residual blocks, arXiv 1904.10509):
 
     x ← x + MultiHeadAttention(LayerNorm(x))
     x ← x + Dense(W)(gelu(Dense(F)(LayerNorm(x))))
 
-Attention follows the seed's `Attention` layer (SPEC §4.1) where that makes sense:
+Attention follows the seed's `Attention` layer (docs/sparse_attention.md §1.1) where that
+makes sense:
 
   - Q, K and V are `Dense(H·D)` projections **without bias**, Glorot-uniform (Keras default,
-    SPEC §0.1); the softmax scale is 1/√D (applied inside `kernels.attention.attention`).
+    docs/index.md §2); the softmax scale is 1/√D (applied inside `kernels.attention.attention`).
   - Departure: an **output projection** `Dense(W)` (with bias) follows the heads' concatenation.
     The seed has none, because its attention layers sit in front of other layers; in a
     residual stack it is what lets each block write its heads' outputs into any direction of
@@ -23,9 +26,9 @@ Attention follows the seed's `Attention` layer (SPEC §4.1) where that makes sen
 
 `DecoderLM`: token embedding + positions → `num_layers` blocks → final LayerNorm → logits,
 always causal. The per-layer pattern is one pattern or a tuple cycled over the layers, e.g.
-``(Local(32), Atrous(32))`` for the post's "alternating Local and Atrous layers" (SPEC §4.2:
-two layers reach every earlier position). `parse_pattern("local:32,atrous:32")` builds such a
-tuple from a config string.
+``(Local(32), Atrous(32))`` for the post's "alternating Local and Atrous layers"
+(docs/sparse_attention.md §1.2: two layers reach every earlier position).
+`parse_pattern("local:32,atrous:32")` builds such a tuple from a config string.
 
 Choices, documented:
   - Positions are learned (`"learned"`: a (max_len, W) table, N(0, 0.02²), GPT-2 style) by
@@ -38,7 +41,7 @@ Choices, documented:
     embeddings would make the initial logits of size √W instead of about zero.
   - GELU is the exact erf form; LayerNorm ε is flax's 1e-6.
   - `remat=True` wraps each block in `nn.remat`: its activations are recomputed in the
-    backward pass instead of stored (the Sparse Transformer's recomputation, SPEC §4.5), for
+    backward pass instead of stored (the Sparse Transformer's recomputation, arXiv 1904.10509), for
     long contexts; the parameters and the numbers are the same.
 """
 
@@ -125,7 +128,9 @@ def layer_patterns(pattern: Pattern | Sequence[Pattern], num_layers: int
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head self-attention restricted to a pattern (SPEC §4.1, output projection added).
+    """Multi-head self-attention restricted to a pattern (docs/sparse_attention.md §5).
+
+    The seed's layer (docs/sparse_attention.md §1.1) with an output projection added.
 
     Attributes:
       num_heads: H; the input width W must be a multiple of it (D = W / H).
@@ -165,7 +170,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"width {width} (x {x.shape}) must be a multiple of num_heads "
                              f"{self.num_heads}")
         head_dim = width // self.num_heads
-        # Q, K, V: Dense(H·D) without bias, Glorot over (W, H·D) (SPEC §4.1, §0.1).
+        # Q, K, V: Dense(H·D) without bias, Glorot over (W, H·D), as the seed's layer.
         project = functools.partial(
             nn.DenseGeneral, features=(self.num_heads, head_dim), use_bias=False,
             kernel_init=nn.initializers.glorot_uniform(), dtype=self.dtype)

@@ -121,7 +121,9 @@ def test_transposed_conv_padding_is_the_forward_convs_gradient():
     # The definition: conv_transpose(y, w) is the vjp of conv(·, w) at y.
     x = jax.random.normal(jax.random.key(0), (1, 8, 8, 2))
     w = jax.random.normal(jax.random.key(1), (5, 5, 2, 3))
-    forward = lambda x: lax.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=NHWC)
+    def forward(x):
+        return lax.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=NHWC)
+
     y, vjp = jax.vjp(forward, x)
     (want,) = vjp(jnp.ones_like(y))
     got = conv.patch_matmul_conv_transpose(jnp.ones_like(y), w, (2, 2), "SAME",

@@ -39,7 +39,7 @@ def test_non_saturating_hand_computed():
 
 
 def test_non_saturating_matches_the_seeds_sigmoid_form_where_that_is_accurate():
-    # The seed (SPEC §2.5): −log(σ(r) + 1e-9) − log(1 − σ(f) + 1e-9) on sigmoid outputs.
+    # The seed (docs/wgan_div.md §2.1): −log(σ(r) + 1e-9) − log(1 − σ(f) + 1e-9) on sigmoid outputs.
     def sigmoid(s):
         return 1 / (1 + math.exp(-s))
 
@@ -74,7 +74,7 @@ def test_wasserstein_hand_computed_and_the_seeds_sign_convention():
     np.testing.assert_allclose(critic_value(loss, real, fake), 1.0 - 0.5 / 3, rtol=1e-6)
     np.testing.assert_allclose(critic_value(loss, [1.0], [-1.0]), -2.0, rtol=1e-6)
     np.testing.assert_allclose(generator_value(loss, fake), -1.0, rtol=1e-6)
-    # The seed's critic D = −T (real LOW, SPEC §2.3): D loss mean(D_r) − mean(D_f),
+    # The seed's critic D = −T (real LOW, docs/wgan_div.md §2.1): D loss mean(D_r) − mean(D_f),
     # G loss mean(D(G(z))).
     d_real, d_fake = -np.array(real), -np.array(fake)
     np.testing.assert_allclose(

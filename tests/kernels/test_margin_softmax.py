@@ -1,4 +1,7 @@
-"""Tests for kernels.margin_softmax (SPEC §1.4): values, gradients, finiteness, large C."""
+"""Tests for kernels.margin_softmax: values, gradients, finiteness, large C.
+
+The losses are those of docs/sentence_similarity.md §3.
+"""
 
 import functools
 import math
@@ -18,7 +21,7 @@ from jax.test_util import check_grads
 
 from kernels import margin_softmax as ms
 
-SCALE, MARGIN = 30.0, 0.35  # SPEC §1.4
+SCALE, MARGIN = 30.0, 0.35  # the seed's s and m (docs/sentence_similarity.md §6)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -179,15 +182,15 @@ def test_values_and_gradients_are_finite_for_every_angle(kind, dtype, cos, label
 
 
 def test_simpler_a_at_45_degrees_is_finite_where_the_seed_trick_is_not():
-    # SPEC §1.4: θ_t = 45° gives ψ_t = cos 180° = −1 while cos θ_t ≈ 0.707; with every other
-    # class at cos = −1, all logits but the unmargined target are −30 and the true loss is
-    # exactly log(C).
+    # docs/sentence_similarity.md §3: θ_t = 45° gives ψ_t = cos 180° = −1 while
+    # cos θ_t ≈ 0.707; with every other class at cos = −1, all logits but the unmargined
+    # target are −30 and the true loss is exactly log(C).
     classes = 10
     cos = jnp.full((1, classes), -1.0, jnp.float32).at[0, 0].set(math.cos(math.pi / 4))
     labels = jnp.array([0])
 
     @jax.jit
-    def seed_trick(cos):  # the subtract-back trick of the seed (SPEC §1.4), for contrast
+    def seed_trick(cos):  # the seed's subtract-back trick, for contrast
         cos_t = cos[0, 0]
         psi_t = jnp.minimum(8 * cos_t**4 - 8 * cos_t**2 + 1, cos_t)
         log_z = jax.nn.logsumexp(jnp.append(SCALE * cos[0], SCALE * psi_t))
@@ -372,7 +375,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
 
     def value_and_grads(loss_fn):
         out = jax.jit(jax.value_and_grad(lambda e, w: loss_fn(e, w).sum(), (0, 1)))(e, w)
-        return jax.block_until_ready(out)  # sync every call (NOTES.md pitfall 1)
+        return jax.block_until_ready(out)  # sync every call (docs/index.md §4)
 
     for kind in ms.KINDS:
         dense = value_and_grads(lambda e, w: ms.margin_softmax_loss(e @ w, y, kind=kind))
@@ -419,8 +422,8 @@ def test_unit_norm_projection_after_adam_keeps_columns_unit_and_spares_masked_le
     update, plain_update = jax.jit(projected.update), jax.jit(plain.update)
     plain_params = params
     for step in range(3):
-        grads = jax.tree.map(lambda p: jax.random.normal(jax.random.fold_in(k_g, step), p.shape),
-                             params)
+        step_key = jax.random.fold_in(k_g, step)
+        grads = jax.tree.map(lambda p, key=step_key: jax.random.normal(key, p.shape), params)
         updates, state = update(grads, state, params)
         plain_updates, plain_state = plain_update(grads, plain_state, plain_params)
         # Adam's update does not depend on params, so both chains see the same Adam step u:

@@ -1,6 +1,6 @@
-"""Tests for models/dcgan.py and models/spectral_norm.py (SPEC §0.1, §2.3, §2.5).
+"""Tests for models/dcgan.py and models/spectral_norm.py (docs/wgan_div.md §3).
 
-Reference values come from the SPEC's layer lists (parameter counts), numpy (batch norm,
+Reference values come from the reference scripts' layer lists (parameter counts), numpy (batch norm,
 LeakyReLU, SVD), PyTorch (the Keras/TF 'same' conv and transposed-conv semantics) and
 the formulas in the module docstrings; none is read back from the code under test.
 
@@ -137,8 +137,8 @@ def test_output_shapes_from_abstract_evaluation(resolution):
 
 
 def test_128px_channels_follow_the_seed():
-    # SPEC §2.3 at 128 px: critic convs 64 → 1024 (spatial 64 → 4), G Dense(4·4·1024)
-    # then ConvT 512 → 256 → 128 → 64 → 3.
+    # wgan_div_celeba.py at 128 px (docs/wgan_div.md §3.1): critic convs 64 → 1024 (spatial
+    # 64 → 4), G Dense(4·4·1024) then ConvT 512 → 256 → 128 → 64 → 3.
     g_params = _abstract_init(dcgan.Generator(resolution=128), (128,))["params"]
     c_params = _abstract_init(dcgan.Critic(resolution=128), (128, 128, 3))["params"]
     assert g_params["Dense_0"]["kernel"].shape == (128, 4 * 4 * 1024)
@@ -171,7 +171,7 @@ def test_bad_inputs_are_rejected():
 
 
 def test_parameter_counts_of_the_64px_seed_nets():
-    # SPEC §2.3 with R = 64: num_layers 3, max channels 512, 5×5 kernels, z = 128.
+    # docs/wgan_div.md §3.1 with R = 64: num_layers 3, max channels 512, 5×5 kernels, z = 128.
     critic_convs = 5 * 5 * 3 * 64 + 5 * 5 * 64 * 128 + 5 * 5 * 128 * 256 + 5 * 5 * 256 * 512
     critic_bn = 2 * (128 + 256 + 512)  # γ, β after every conv but the first
     critic_head = 512  # GAP then Dense(1, no bias)
@@ -189,7 +189,8 @@ def test_parameter_counts_of_the_64px_seed_nets():
 
 
 def test_parameter_counts_of_the_64px_dcgan_baseline():
-    # SPEC §2.5 (`dcgan_celeba.py`): convs with bias, Flatten, Dense(1) with bias, z = 100.
+    # `dcgan_celeba.py` (docs/wgan_div.md §3.2): convs with bias, Flatten, Dense(1) with bias,
+    # z = 100.
     critic_convs = (5 * 5 * 3 * 64 + 64) + (5 * 5 * 64 * 128 + 128) + (
         5 * 5 * 128 * 256 + 256) + (5 * 5 * 256 * 512 + 512)
     critic_bn = 2 * (128 + 256 + 512)
@@ -215,7 +216,7 @@ def test_batch_norm_follows_every_critic_conv_but_the_first():
     assert len(norms) == len(convs) - 1 == 3
     # BatchNorm_i normalises the output of Conv_{i+1}: widths 128, 256, 512, never 64.
     assert [params[n]["scale"].shape for n in norms] == [(128,), (256,), (512,)]
-    assert all("bias" not in params[c] for c in convs)  # SPEC §2.3: no conv bias
+    assert all("bias" not in params[c] for c in convs)  # docs/wgan_div.md §3.1: no conv bias
 
 
 # ------------------------------------------------------------------ data-flow probes
@@ -232,10 +233,10 @@ def test_critic_dataflow(preset, slope, pool):
     (_, _, conv0), (_, conv1_in, conv1), (_, bn0_in, bn0), (_, conv2_in, _), \
         (_, bn1_in, bn1), (_, head_in, head_out) = calls
 
-    # First conv → LeakyReLU → second conv, with no norm in between (SPEC §2.3, §3.1).
+    # First conv → LeakyReLU → second conv, with no norm in between (docs/wgan_div.md §3.1).
     assert (conv0 < 0).mean() > 0.2  # the probe sees the negative branch
     np.testing.assert_allclose(conv1_in, _leaky(conv0, slope), rtol=1e-6, atol=1e-7)
-    # Keras BN in training mode: the current batch's statistics, ε = 1e-3 (SPEC §0.1).
+    # Keras BN in training mode: the current batch's statistics, ε = 1e-3 (docs/index.md §2).
     np.testing.assert_array_equal(bn0_in, conv1)
     np.testing.assert_allclose(bn0, _batch_norm(conv1, 1e-3), rtol=1e-4, atol=1e-5)
     assert not np.allclose(bn0, _batch_norm(conv1, 1e-5), rtol=1e-4, atol=1e-5)
@@ -255,7 +256,7 @@ def test_generator_dataflow_and_moving_statistics():
         "Dense", "BatchNorm", "ConvTranspose", "BatchNorm", "ConvTranspose", "BatchNorm",
         "ConvTranspose"]
     (_, _, dense), (_, flat_in, flat_bn), (_, convt0_in, _) = calls[:3]
-    # BN over the 4·4·256 flat features, per unit and before the reshape (SPEC §2.3).
+    # BN over the 4·4·256 flat features, per unit and before the reshape (docs/wgan_div.md §3.1).
     assert flat_in.shape == (BATCH, 4 * 4 * 256)
     np.testing.assert_array_equal(flat_in, dense)
     np.testing.assert_allclose(flat_bn, _batch_norm(dense, 1e-3), rtol=1e-4, atol=1e-5)
@@ -275,7 +276,7 @@ def test_generator_dataflow_and_moving_statistics():
     lambda r: any(r) and not all(r)), seed=st.integers(0, 2**16))
 def test_eval_scores_are_per_sample_and_train_scores_are_per_batch(replaced, seed):
     # Replace some samples of the batch: in eval mode the others keep their scores; in
-    # training mode BN uses the batch's statistics, so theirs change (SPEC §0.1).
+    # training mode BN uses the batch's statistics, so theirs change (docs/index.md §2 item 3).
     critic = dcgan.Critic(resolution=32)
     variables = _init(critic, (32, 32, 3))
     x = _uniform(3, (BATCH, 32, 32, 3))
@@ -466,7 +467,7 @@ def test_unit_norm_scale_batch_norm_matches_the_seed_formula():
                            mutable=["batch_stats"])
 
     y, updates = apply(scale, x)
-    # The seed's power iteration on γ viewed as a 1×C matrix returns ‖γ‖₂ (SPEC §2.5).
+    # The seed's power iteration on γ viewed as a 1×C matrix returns ‖γ‖₂ (docs/wgan_div.md §3.3).
     x64 = np.asarray(x, np.float64)
     expected = _batch_norm(x64, 1e-3) * scale / np.linalg.norm(scale) + bias
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)

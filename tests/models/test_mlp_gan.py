@@ -1,4 +1,4 @@
-"""Tests for models/mlp_gan.py: the mixture-of-Gaussians nets (issue 6, item 5).
+"""Tests for models/mlp_gan.py: the mixture-of-Gaussians nets (docs/wgan_div.md §3.4).
 
 The reference is a numpy forward pass with the module's weights copied out; parameter
 counts are written from the layer list of `gan_toy.py` (Gulrajani et al. 2017).

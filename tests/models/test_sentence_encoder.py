@@ -1,4 +1,7 @@
-"""Tests for models.sentence_encoder (SPEC §1.3) against a naive numpy reference."""
+"""Tests for models.sentence_encoder against a naive numpy reference.
+
+The architecture is docs/sentence_similarity.md §2.
+"""
 
 import jax
 import jax.numpy as jnp

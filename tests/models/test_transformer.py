@@ -10,11 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.attention import (Atrous, Fixed, Full, Local, Sparse, Strided,
-                               reference_attention)
-from models.transformer import (DecoderLM, MultiHeadAttention, SinusoidalPositions,
-                                TransformerBlock, count_params, layer_patterns,
-                                parse_pattern)
+from kernels.attention import Atrous, Fixed, Full, Local, Sparse, Strided, reference_attention
+from models.transformer import (
+    DecoderLM,
+    MultiHeadAttention,
+    SinusoidalPositions,
+    TransformerBlock,
+    count_params,
+    layer_patterns,
+    parse_pattern,
+)
 
 VOCAB, WIDTH, HEADS, LAYERS, LENGTH = 11, 16, 2, 2, 29
 
@@ -52,7 +57,7 @@ def test_logits_shape_and_dtype():
 def test_parameter_count_by_hand():
     # V = 11, N_max = 32, W = 16, 2 layers, F = 64.
     per_block = (2 * 16          # attention LayerNorm scale + bias
-                 + 3 * 16 * 16   # Q, K, V kernels, no bias (SPEC §4.1)
+                 + 3 * 16 * 16   # Q, K, V kernels, no bias (docs/sparse_attention.md §1.1)
                  + 16 * 16 + 16  # output projection + bias
                  + 2 * 16        # MLP LayerNorm
                  + 16 * 64 + 64  # MLP in
