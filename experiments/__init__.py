@@ -1,11 +1,17 @@
-"""Experiments: one module or package per seed model (SPEC §1–§7).
+"""Experiments: one package per seed model (SPEC §1–§7).
 
-Each experiment module exposes:
+Each experiment package `experiments.NAME` exposes:
   * a module docstring whose first line is shown by `python launch.py`;
+  * `run(config, workdir: pathlib.Path) -> dict[str, float]`, which trains and evaluates and
+    returns the summary metrics (the first key is the headline metric of `make demo`);
+and its config module `experiments.NAME.config` (`load_config`):
   * `get_config(variant: str = "") -> ml_collections.ConfigDict`, locked, with the seed's
     hyper-parameters as defaults; variants include "smoke" (tests) and "demo" (`make demo`);
-  * `run(config, workdir: pathlib.Path) -> dict[str, float]`, which trains and evaluates and
-    returns the summary metrics (the first key is the headline metric of `make demo`).
+  * `validate(config)`, which raises `configs.ConfigError` naming the `--config.` key of the
+    first bad value, and reads no file;
+  * `TRAINED_FIELDS`, the dotted keys (or prefixes) that define a trained model: a run that
+    is not training (`config.mode` other than "train") takes them from the training run's
+    `WORKDIR/config.json` (`configs.merge_trained`).
 """
 
 import importlib
@@ -23,3 +29,9 @@ def load(name: str) -> types.ModuleType:
         raise ConfigError(
             f"unknown experiment {name!r}; valid experiments: {', '.join(EXPERIMENTS)}")
     return importlib.import_module(f"experiments.{name}")
+
+
+def load_config(name: str) -> types.ModuleType:
+    """Imports `experiments.<name>.config` (get_config, validate, TRAINED_FIELDS)."""
+    load(name)
+    return importlib.import_module(f"experiments.{name}.config")

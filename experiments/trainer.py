@@ -33,6 +33,7 @@ state after k updates.
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -255,6 +256,36 @@ def ema_decay_at(decay: float, step) -> jax.Array:
 def ema_update(ema_params: PyTree, params: PyTree, decay) -> PyTree:
     """decay · ema + (1 − decay) · params, leaf by leaf."""
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+# Trainer fields a rerun may change and still resume: how long, how often, how it is run.
+RESUMABLE_TRAINER_FIELDS = (
+    "num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+    "progress_bar", "prefetch", "async_checkpointing", "sync_every_step",
+    "compilation_cache_dir", "keep_freed_host_memory")
+
+
+def config_fingerprint(config: ml_collections.ConfigDict, ignore: tuple[str, ...] = ()
+                       ) -> dict[str, Any]:
+    """The parts of an experiment's config that its checkpoints depend on, as a flat dict.
+
+    Everything but the trainer fields a rerun may change (`RESUMABLE_TRAINER_FIELDS`) and
+    the dotted keys in `ignore` (e.g. "mode", paths read only after training).
+    """
+    skipped = {f"trainer.{name}" for name in RESUMABLE_TRAINER_FIELDS} | set(ignore)
+    flat = _flatten(json.loads(json.dumps(config.to_dict(), default=str)))
+    return {key: value for key, value in sorted(flat.items())
+            if not any(key == s or key.startswith(s + ".") for s in skipped)}
+
+
+def array_digest(*arrays: np.ndarray) -> str:
+    """A short SHA-256 of arrays' shapes and bytes (a data or vocabulary fingerprint)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.shape}{array.dtype}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------
@@ -506,7 +537,7 @@ def load_state(workdir, state_template: PyTree, step: int | str = "latest", *,
         raise CheckpointError(f"no checkpoints in {directory}: is {workdir} the workdir of a "
                               "training run?")
     manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(create=False))
+        directory, options=ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False))
     try:
         if step == "latest":
             step = manager.latest_step()
@@ -681,6 +712,23 @@ class _StopSignals:
     def __exit__(self, *exc):
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
+
+
+def write_run_file(workdir, name: str, text: str) -> None:
+    """Writes a file the checkpoints depend on (a vocabulary, the model's sizes).
+
+    A different existing copy is left alone while the workdir holds checkpoints: they were
+    trained with it, and the fingerprint check stops a run that does not match them.
+    """
+    path = pathlib.Path(workdir) / name
+    if jax.process_index() != 0 or (path.exists()
+                                     and path.read_text(encoding="utf-8") == text):
+        return
+    checkpoints = pathlib.Path(workdir) / "checkpoints"
+    if path.exists() and checkpoints.is_dir() and any(
+            entry.name.isdigit() for entry in checkpoints.iterdir()):
+        return
+    path.write_text(text, encoding="utf-8")
 
 
 def write_summary(workdir, summary: Mapping[str, Any]) -> None:

@@ -199,6 +199,20 @@ def patch_matmul_conv_transpose(lhs, rhs, strides, padding, rhs_dilation=None,
     return y[:, :out[0], :out[1]]
 
 
+def resolve_conv_implementation(name: str = "auto", backend: str | None = None) -> str:
+    """What `conv_for_backend` runs for `name`: "auto" is "patch_matmul" on the CPU backend
+    (XLA:CPU runs its derivatives at matmul speed) and "xla" on GPU and TPU.
+
+    Raises:
+      ValueError: an unknown name.
+    """
+    if name not in CONV_IMPLEMENTATIONS:
+        raise ValueError(f"conv must be one of {CONV_IMPLEMENTATIONS}, got {name!r}")
+    if name == "auto":
+        return "patch_matmul" if (backend or jax.default_backend()) == "cpu" else "xla"
+    return name
+
+
 def conv_for_backend(name: str = "auto", backend: str | None = None, *,
                      transpose: bool = False) -> ConvFn:
     """The convolution function to hand to a conv layer (``nn.Conv``'s
@@ -214,10 +228,7 @@ def conv_for_backend(name: str = "auto", backend: str | None = None, *,
     Raises:
       ValueError: an unknown name.
     """
-    if name not in CONV_IMPLEMENTATIONS:
-        raise ValueError(f"conv must be one of {CONV_IMPLEMENTATIONS}, got {name!r}")
-    if name == "auto":
-        name = "patch_matmul" if (backend or jax.default_backend()) == "cpu" else "xla"
+    name = resolve_conv_implementation(name, backend)
     if transpose:
         return patch_matmul_conv_transpose if name == "patch_matmul" else lax.conv_transpose
     return patch_matmul_conv if name == "patch_matmul" else lax.conv_general_dilated

@@ -28,18 +28,25 @@ image folder.
 Expected (`python -m experiments.gan.sweep mixture`): see results/gan/mixture.md.
 """
 
+import math
+
 import ml_collections
 
-from experiments import trainer
+from experiments import configs, trainer
 from experiments.configs import ConfigError
+from kernels import conv, gan_losses, gradient_penalty
+from models import dcgan
 
 PRESETS = ("wgan_div", "wgan_div_paper", "dcgan", "wgan_gp", "wgan_sn")
 VARIANTS = ("",) + PRESETS + ("smoke", "demo")
-LOSSES = ("non_saturating", "wasserstein", "hinge")          # kernels.gan_losses
-PENALTIES = ("none", "wgan_div", "wgan_gp", "r1", "r2")       # kernels.gradient_penalty
+LOSSES = tuple(gan_losses.GAN_LOSSES)
+PENALTIES = ("none", "wgan_div", "wgan_gp", "r1", "r2")  # what train.make_penalty builds
 DATA_KINDS = ("mixture", "images")
 MIXTURES = ("ring", "grid")                                  # experiments.gan.mixture
-ARCHITECTURES = ("wgan_div", "dcgan", "wgan_gp", "wgan_sn")  # models.dcgan tables
+
+# What defines a trained generator and critic, for any mode that reads a training run's
+# WORKDIR/config.json instead of training (experiments.configs.merge_trained).
+TRAINED_FIELDS = ("model", "data.kind", "data.mixture", "data.resolution")
 
 
 def _adam(learning_rate: float, b1: float, b2: float, eps: float) -> ml_collections.ConfigDict:
@@ -194,62 +201,55 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Checks every value `run` depends on, before any data is read or anything is traced.
 
     Raises:
-      ConfigError: naming the `--config.` key, the value and what is allowed.
+      ConfigError: "--config.KEY=VALUE: problem" for the first bad value.
     """
-    def require(condition: bool, key: str, value, allowed: str) -> None:
-        if not condition:
-            raise ConfigError(f"--config.{key}={value!r} is invalid: {allowed}")
-
-    from kernels.gradient_penalty import STRATEGIES
-
-    require(config.loss in LOSSES, "loss", config.loss, f"one of {LOSSES}")
+    require = configs.require
+    configs.require_choice(config, "loss", LOSSES)
     penalty = config.penalty
-    require(penalty.kind in PENALTIES, "penalty.kind", penalty.kind, f"one of {PENALTIES}")
-    require(penalty.k > 0, "penalty.k", penalty.k, "k must be > 0 (SPEC §2.1)")
-    require(penalty.p > 1, "penalty.p", penalty.p,
-            "p must be > 1 for W_k,p to be a divergence (SPEC §2.1)")
-    require(penalty.strategy in STRATEGIES, "penalty.strategy", penalty.strategy,
-            f"one of {STRATEGIES} (SPEC §2.2)")
-    require(penalty.weight >= 0, "penalty.weight", penalty.weight, "must be >= 0")
+    configs.require_choice(config, "penalty.kind", PENALTIES)
+    require(penalty.k > 0 and math.isfinite(penalty.k), "penalty.k", penalty.k,
+            "k must be > 0 and finite (the weight of the W-div penalty)")
+    require(penalty.p > 1 and math.isfinite(penalty.p), "penalty.p", penalty.p,
+            "p must be > 1 and finite for W_k,p to be a divergence")
+    configs.require_choice(config, "penalty.strategy", gradient_penalty.STRATEGIES)
+    configs.require_number(config, "penalty.weight", 0, math.inf)
+    configs.require_number(config, "penalty.center", 0, math.inf)
     for name in ("critic", "generator"):
-        require(config.steps[name] >= 1, f"steps.{name}", config.steps[name], "must be >= 1")
-        adam = config.optimizer[name]
-        require(adam.learning_rate > 0, f"optimizer.{name}.learning_rate",
-                adam.learning_rate, "must be > 0")
+        configs.require_int(config, f"steps.{name}", 1)
+        configs.require_number(config, f"optimizer.{name}.learning_rate", 0, math.inf,
+                               low_open=True)
         for beta in ("b1", "b2"):
-            require(0 <= adam[beta] < 1, f"optimizer.{name}.{beta}", adam[beta],
-                    "must be in [0, 1)")
-    require(0 <= config.ema_decay < 1, "ema_decay", config.ema_decay, "must be in [0, 1)")
-    require(config.batch_size >= 1, "batch_size", config.batch_size, "must be >= 1")
-    require(config.data.kind in DATA_KINDS, "data.kind", config.data.kind,
-            f"one of {DATA_KINDS}")
-    require(config.trainer.num_steps >= 1, "trainer.num_steps", config.trainer.num_steps,
-            "must be >= 1")
+            configs.require_number(config, f"optimizer.{name}.{beta}", 0, 1, high_open=True)
+        configs.require_number(config, f"optimizer.{name}.eps", 0, math.inf, low_open=True)
+    configs.require_number(config, "ema_decay", 0, 1, high_open=True, why="0: no EMA")
+    configs.require_int(config, "batch_size", 1)
+    configs.require_choice(config, "data.kind", DATA_KINDS)
+    configs.require_int(config, "model.sn_power_iterations", 1)
+    configs.require_trainer(config)
     if config.data.kind == "mixture":
-        require(config.data.mixture in MIXTURES, "data.mixture", config.data.mixture,
-                f"one of {MIXTURES}")
+        configs.require_choice(config, "data.mixture", MIXTURES)
         for name in ("z_dim", "width", "num_hidden"):
-            require(config.model.mlp[name] >= 1, f"model.mlp.{name}", config.model.mlp[name],
-                    "must be >= 1")
-        require(config.samples.num_points >= 1, "samples.num_points",
-                config.samples.num_points, "must be >= 1")
+            configs.require_int(config, f"model.mlp.{name}", 1)
+        configs.require_int(config, "samples.num_points", 1)
         return
     require(bool(config.data.path), "data.path", config.data.path,
             "data.kind=images needs --config.data.path=FOLDER")
     resolution = config.data.resolution
-    require(_is_power_of_two(resolution) and resolution >= 32, "data.resolution", resolution,
-            "must be a power of two >= 32 (the DCGAN nets halve it down to 4×4, SPEC §2.3)")
-    dcgan = config.model.dcgan
-    require(dcgan.critic in ARCHITECTURES, "model.dcgan.critic", dcgan.critic,
-            f"one of {ARCHITECTURES}")
-    require(dcgan.generator in ARCHITECTURES, "model.dcgan.generator", dcgan.generator,
-            f"one of {ARCHITECTURES}")
-    from kernels.conv import CONV_IMPLEMENTATIONS
-    require(dcgan.conv in CONV_IMPLEMENTATIONS, "model.dcgan.conv", dcgan.conv,
-            f"one of {CONV_IMPLEMENTATIONS}")
+    require(_is_power_of_two(resolution) and resolution >= dcgan.MIN_RESOLUTION,
+            "data.resolution", resolution,
+            f"must be a power of two >= {dcgan.MIN_RESOLUTION} (the DCGAN nets halve it down "
+            f"to {dcgan.FEATURE_MAP_SIZE}×{dcgan.FEATURE_MAP_SIZE})")
+    configs.require_choice(config, "model.dcgan.critic", dcgan.CRITICS)
+    configs.require_choice(config, "model.dcgan.generator", dcgan.GENERATORS)
+    configs.require_choice(config, "model.dcgan.conv", conv.CONV_IMPLEMENTATIONS)
     for name in ("z_dim", "base_channels"):
-        require(dcgan[name] >= 1, f"model.dcgan.{name}", dcgan[name], "must be >= 1")
-    require(config.samples.grid_side >= 1, "samples.grid_side", config.samples.grid_side,
-            "must be >= 1")
-    require(config.data.num_eval_images >= 2, "data.num_eval_images",
-            config.data.num_eval_images, "must be >= 2")
+        configs.require_int(config, f"model.dcgan.{name}", 1)
+    configs.require_int(config, "samples.grid_side", 1)
+    configs.require_int(config, "data.num_eval_images", 2,
+                        "the sliced Wasserstein distance compares two sets of images")
+
+
+def resolve(config: ml_collections.ConfigDict) -> None:
+    """Replaces "auto" in `model.dcgan.conv` by the convolution that runs on this machine."""
+    with config.unlocked():
+        config.model.dcgan.conv = conv.resolve_conv_implementation(config.model.dcgan.conv)

@@ -1,37 +1,50 @@
 """Configs of the sentence-similarity experiment (SPEC §1).
 
-    python launch.py sentence_similarity --config.data.path=../shared/data/sentence_similarity/groups.tsv
+    python launch.py sentence_similarity \\
+        --config.data.path=../shared/data/sentence_similarity/groups.tsv
     python launch.py sentence_similarity:demo          # generated corpus, about a minute
     python launch.py sentence_similarity --workdir W --config.mode=eval --config.data.eval_path=F
-    python launch.py sentence_similarity --workdir W --config.mode=search --config.search.questions=F
+    python launch.py sentence_similarity --workdir W --config.mode=search \\
+        --config.search.questions=F < QUERIES
 
 Expected on the shared groups.tsv with the seed's budget (AM-Softmax): see the README table.
 """
 
+import math
+
 import ml_collections
 
-from experiments import trainer
+from experiments import configs, trainer
+from experiments.sentence_similarity import train
+from kernels import margin_softmax
+from models import sentence_encoder
 
 VARIANTS = ("", "smoke", "demo")
+
+# What defines a trained model: a run that is not training (mode=eval, mode=search) takes
+# these from the training run's WORKDIR/config.json and refuses a flag that disagrees.
+TRAINED_FIELDS = ("model", "data.maxlen", "data.min_count", "loss")
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     """The seed's settings (SPEC §1.2–§1.6); `variant` picks "smoke" or "demo" sizes."""
     if variant not in VARIANTS:
-        from experiments.configs import ConfigError
-        raise ConfigError(f"unknown variant {variant!r} of sentence_similarity; valid: "
+        raise configs.ConfigError(f"unknown variant {variant!r} of sentence_similarity; valid: "
                           + ", ".join(repr(v) for v in VARIANTS))
     config = ml_collections.ConfigDict()
-    config.mode = "train"             # "train", "eval" (score a trained workdir) or "search"
+    # "train", "eval" (score a trained workdir) or "search" (train.MODES). eval and search
+    # read TRAINED_FIELDS from the training run's config.json and write nothing.
+    config.mode = "train"
 
     config.data = ml_collections.ConfigDict()
     config.data.path = ""             # group_id<TAB>sentence file; "": the generated corpus
     config.data.eval_path = ""        # mode=eval: the groups file to score
     config.data.skip_bad = False      # skip (and count) malformed rows instead of failing
-    config.data.min_count = 5         # vocabulary: chars seen ≥ 5 times (SPEC §1.2)
-    config.data.maxlen = 32           # truncate / right-pad to 32 characters (SPEC §1.2)
-    config.data.train_fraction = 0.9  # groups below the 90% id cut train (SPEC §1.2: 90k/100k)
-    config.data.generated_items = 48  # generated corpus: items × 16 intents groups
+    config.data.min_count = 5         # ≥ 1; vocabulary: chars seen ≥ 5 times (SPEC §1.2)
+    config.data.maxlen = 32           # ≥ 1; truncate / right-pad to 32 characters (SPEC §1.2)
+    # In (0, 1): groups below the 90% id cut train (SPEC §1.2: 90k/100k), the rest validate.
+    config.data.train_fraction = 0.9
+    config.data.generated_items = 48  # ≥ 1; generated corpus: items × 16 intents groups
 
     config.model = ml_collections.ConfigDict()
     config.model.embed_dim = 128      # Embedding(V, 128) (SPEC §1.3)
@@ -40,21 +53,24 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     config.loss = ml_collections.ConfigDict()
     config.loss.kind = "am"           # softmax | am | simpler_a | arcface (SPEC §1.4)
-    config.loss.scale = 30.0          # s = 30 (SPEC §1.4)
-    config.loss.margin = 0.35         # m = 0.35 (SPEC §1.4, AM-Softmax paper)
+    config.loss.scale = 30.0          # s > 0; s = 30 (SPEC §1.4)
+    # m = 0.35 (SPEC §1.4, AM-Softmax paper). am: m in [0, 1), since the target's cos θ − m
+    # with m ≥ 1 could not beat a class at 90°; arcface: m in [0, π/2), the additive angle
+    # (the paper uses 0.5); softmax and simpler_a use no margin (simpler-A's is cos 4θ).
+    config.loss.margin = 0.35
     config.loss.chunk_size = 0        # >0: chunked loss over class chunks (large class counts)
 
     config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.learning_rate = 1e-3  # Keras Adam defaults (SPEC §0.1, §1.5)
-    config.optimizer.eps = 1e-7
+    config.optimizer.learning_rate = 1e-3  # > 0; Keras Adam defaults (SPEC §0.1, §1.5)
+    config.optimizer.eps = 1e-7            # > 0
 
-    config.batch_size = 100           # SPEC §1.5
-    config.epochs = 30                # SPEC §1.5 (AM needs ~25, the others ~20)
-    config.eval_batch_size = 1000
+    config.batch_size = 100           # ≥ 1; SPEC §1.5
+    config.epochs = 30                # ≥ 1; SPEC §1.5 (AM needs ~25, the others ~20)
+    config.eval_batch_size = 1000     # ≥ 1
 
     config.search = ml_collections.ConfigDict()
     config.search.questions = ""      # mode=search: the stored questions (one per line)
-    config.search.top = 5             # answers shown per query
+    config.search.top = 5             # ≥ 1 answers shown per query
 
     config.trainer = trainer.default_config()
     config.trainer.num_steps = 0      # 0: epochs × batches per epoch
@@ -78,3 +94,39 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.trainer.progress_bar = False
     config.lock()
     return config
+
+
+# The margin range each margin-using loss kind accepts (see the comment on loss.margin).
+MARGIN_RANGES = {"am": (0.0, 1.0), "arcface": (0.0, math.pi / 2)}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks every value `run` depends on, before any file is read or any array built.
+
+    Raises:
+      experiments.configs.ConfigError: "--config.KEY=VALUE: problem" for the first bad value.
+    """
+    configs.require_choice(config, "mode", train.MODES)
+    for key in ("data.min_count", "data.maxlen", "data.generated_items", "model.embed_dim",
+                "model.hidden_dim", "batch_size", "epochs", "eval_batch_size", "search.top"):
+        configs.require_int(config, key, 1)
+    configs.require_number(config, "data.train_fraction", 0, 1, low_open=True, high_open=True)
+    configs.require_choice(config, "model.final_state", sentence_encoder.FINAL_STATES)
+    configs.require_choice(config, "loss.kind", margin_softmax.KINDS)
+    configs.require_number(config, "loss.scale", 0, math.inf, low_open=True)
+    if config.loss.kind in MARGIN_RANGES:
+        low, high = MARGIN_RANGES[config.loss.kind]
+        configs.require_number(config, "loss.margin", low, high, high_open=True,
+                               why=f"the range of loss.kind={config.loss.kind}")
+    configs.require_int(config, "loss.chunk_size", 0, "0: the dense loss")
+    for key in ("optimizer.learning_rate", "optimizer.eps"):
+        configs.require_number(config, key, 0, math.inf, low_open=True)
+    configs.require_trainer(config, zero_num_steps="0: epochs × batches per epoch",
+                            zero_checkpoint_every="0: once per epoch")
+    if config.mode == "eval":
+        configs.require(bool(config.data.eval_path), "data.eval_path", config.data.eval_path,
+                        "mode=eval needs --config.data.eval_path=GROUPS_FILE")
+    if config.mode == "search":
+        configs.require(bool(config.search.questions), "search.questions",
+                        config.search.questions,
+                        "mode=search needs --config.search.questions=FILE (one per line)")

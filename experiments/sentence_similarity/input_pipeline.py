@@ -10,6 +10,7 @@ classifier, the rest are never seen in training and are only retrieved among the
 
 import collections
 import dataclasses
+import hashlib
 import json
 import pathlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -101,9 +102,16 @@ class Vocabulary:
             ids[row, :len(codes)] = codes
         return ids
 
+    def to_json(self) -> str:
+        """The vocabulary as one JSON line ({"chars": "..."}), as `save` writes it."""
+        return json.dumps({"chars": "".join(self.chars)}, ensure_ascii=False) + "\n"
+
+    def digest(self) -> str:
+        """A short SHA-256 of the characters in id order (a checkpoint fingerprint)."""
+        return hashlib.sha256("".join(self.chars).encode("utf-8")).hexdigest()[:16]
+
     def save(self, path) -> None:
-        pathlib.Path(path).write_text(json.dumps({"chars": "".join(self.chars)},
-                                                 ensure_ascii=False) + "\n", encoding="utf-8")
+        pathlib.Path(path).write_text(self.to_json(), encoding="utf-8")
 
     @classmethod
     def load(cls, path) -> "Vocabulary":

@@ -7,6 +7,11 @@ the query's own index is the same thing without the assumption (duplicated sente
 groups would break it). MAP@R (Musgrave et al., "A Metric Learning Reality Check", 2020) adds a
 ranking-quality figure: for a query with R other members of its group, the mean over the first
 R ranks of precision@i at the ranks that are hits, divided by R.
+
+A query whose group has no other member (R = 0) has nothing to find: it counts as a miss in
+top-k (as in the seed) and is left out of MAP@R, the mean over the queries with R ≥ 1. When
+no query has R ≥ 1 neither figure means anything, and `NothingToRetrieve` is raised rather
+than a table of zeros (top-k) and an undefined mean (MAP@R).
 """
 
 import functools
@@ -14,6 +19,26 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from experiments.errors import UserError
+
+
+class NothingToRetrieve(UserError, ValueError):
+    """No group has two members, so no query has a relevant item to retrieve."""
+
+
+def require_relevant_items(labels: np.ndarray, source: str = "the groups") -> None:
+    """Raises NothingToRetrieve unless some group of `labels` ((n,) ids) has two members.
+
+    Args:
+      labels: (n,) group ids.
+      source: what the labels came from (a file name), for the message.
+    """
+    _, counts = np.unique(np.asarray(labels), return_counts=True)
+    if not np.any(counts > 1):
+        raise NothingToRetrieve(
+            f"{source}: {len(counts)} groups, none with two or more sentences: no sentence has "
+            "a paraphrase to retrieve, so top-k and MAP@R are undefined")
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
@@ -60,7 +85,11 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks=(1, 5, 10)
     Returns:
       {"top1": ..., "top5": ..., "top10": ..., "map_at_r": ...}. Rows whose group has no other
       member count as misses in top-k (as in the seed) and are left out of MAP@R (R = 0).
+
+    Raises:
+      NothingToRetrieve: when no group has two members.
     """
+    require_relevant_items(labels)
     depth = search_depth(labels, ks)
     _, neighbours = nearest_neighbours(embeddings, depth)
     return metrics_from_neighbours(neighbours, labels, ks)
@@ -91,7 +120,18 @@ def metrics_from_neighbours(neighbours: np.ndarray, labels: np.ndarray, ks=(1, 5
 
 
 def mean_average_precision_at_r(hits: np.ndarray, relevant: np.ndarray) -> float:
-    """MAP@R from a (queries, depth) hit matrix and each query's R (depth ≥ max R)."""
+    """MAP@R over the queries with R ≥ 1.
+
+    Args:
+      hits: (queries, depth) bools, rank 1 first; depth ≥ max R.
+      relevant: (queries,) each query's R, the number of other members of its group.
+
+    Raises:
+      NothingToRetrieve: when every R is 0 (the mean over no query is undefined).
+    """
+    if not np.any(relevant > 0):
+        raise NothingToRetrieve("no query has a relevant item (every R is 0): MAP@R is "
+                                "undefined")
     ranks = np.arange(1, hits.shape[1] + 1)
     precision = np.cumsum(hits, axis=1) / ranks
     within_r = ranks[None, :] <= relevant[:, None]

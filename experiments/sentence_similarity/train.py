@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import trainer
+from experiments import configs, data, evaluation, trainer
 from experiments.sentence_similarity import input_pipeline, retrieval, synthetic
 from kernels import margin_softmax
 from models.sentence_encoder import SentenceClassifier
@@ -27,7 +27,8 @@ def build_model(config, vocab_size: int, num_classes: int) -> SentenceClassifier
     return SentenceClassifier(vocab_size=vocab_size, num_classes=num_classes,
                               embed_dim=config.model.embed_dim,
                               hidden_dim=config.model.hidden_dim,
-                              final_state=config.model.final_state)
+                              final_state=config.model.final_state,
+                              dtype=trainer.compute_dtype(config.trainer))
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -42,7 +43,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def classification_loss(params, model, token_ids, labels, loss_config):
-    """Mean margin-softmax loss and accuracy of one batch.
+    """Mean margin-softmax loss of one batch, and its accuracy where the cosines are formed.
 
     Args:
       params: the SentenceClassifier parameters.
@@ -52,22 +53,25 @@ def classification_loss(params, model, token_ids, labels, loss_config):
       loss_config: kind, scale, margin, chunk_size.
 
     Returns:
-      (loss, accuracy) scalars; accuracy is of the plain cosine argmax.
+      (loss, metrics): metrics has "train_accuracy" (of the plain cosine argmax) unless the
+      chunked loss is used, which never forms the (B, C) cosines.
     """
-    z = model.apply({"params": params}, token_ids, method=SentenceClassifier.encode)
+    # The encoder runs in the model's compute dtype; cosines and the loss in float32.
+    z = model.apply({"params": params}, token_ids,
+                    method=SentenceClassifier.encode).astype(jnp.float32)
     kernel = params["classifier"]["kernel"]                        # [H, C]
     kwargs = dict(kind=loss_config.kind, scale=loss_config.scale, margin=loss_config.margin)
     if loss_config.chunk_size:
         losses = margin_softmax.chunked_margin_softmax_loss(
             z, kernel, labels, chunk_size=loss_config.chunk_size, **kwargs)
-        accuracy = jnp.nan  # the chunked path never forms the (B, C) cosines
+        return jnp.mean(losses), {}
     else:
         cos = z @ kernel                                           # [B, C]
         losses = margin_softmax.margin_softmax_loss(cos, labels, **kwargs)
         # "the target is the nearest centre", without an argmax (slow on XLA:CPU at 90k).
         target = jnp.take_along_axis(cos, labels[:, None], axis=-1)[:, 0]
         accuracy = jnp.mean(target >= jnp.max(cos, axis=-1))
-    return jnp.mean(losses), accuracy
+    return jnp.mean(losses), {"train_accuracy": accuracy}
 
 
 def make_train_step(model, optimizer, loss_config):
@@ -75,12 +79,12 @@ def make_train_step(model, optimizer, loss_config):
     def train_step(state, batch, key):
         del key  # the model has no dropout; kept for the trainer's uniform signature
         grad_fn = jax.value_and_grad(classification_loss, has_aux=True)
-        (loss, accuracy), grads = grad_fn(state["params"], model, batch["token_ids"],
+        (loss, metrics), grads = grad_fn(state["params"], model, batch["token_ids"],
                                           batch["labels"], loss_config)
         params, opt_state, norms = trainer.apply_updates(
             state["params"], grads, state["opt_state"], optimizer)
         return ({"params": params, "opt_state": opt_state},
-                {"loss": loss, "train_accuracy": accuracy, **norms})
+                {"loss": loss, **metrics, **norms})
     return train_step
 
 
@@ -92,21 +96,17 @@ def make_init_state(model, optimizer, maxlen: int):
 
 
 def encode(model, params, token_ids: np.ndarray, batch_size: int) -> np.ndarray:
-    """(n, T) ids → (n, H) unit sentence vectors, in batches (the last one padded)."""
-    apply = _encode_fn(model)
-    out = []
-    for start in range(0, len(token_ids), batch_size):
-        chunk = token_ids[start:start + batch_size]
-        padded = np.zeros((batch_size, token_ids.shape[1]), np.int32)
-        padded[:len(chunk)] = chunk
-        out.append(np.asarray(apply(params, padded))[:len(chunk)])
-    return np.concatenate(out)
+    """(n, T) ids → (n, H) float32 unit sentence vectors, in batches (the last one padded)."""
+    return evaluation.predict_in_batches(_encode_fn(model), params,
+                                         {"token_ids": token_ids}, batch_size)
 
 
 @functools.cache
 def _encode_fn(model):
-    return jax.jit(lambda params, ids: model.apply(
-        {"params": params}, ids, method=SentenceClassifier.encode))
+    """Jitted (params, {"token_ids": (B, T)}) -> (B, H) float32 unit vectors."""
+    return jax.jit(lambda params, batch: model.apply(
+        {"params": params}, batch["token_ids"],
+        method=SentenceClassifier.encode).astype(jnp.float32))
 
 
 def choose_threshold(embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -148,12 +148,13 @@ def _read(path, config):
 
 
 def run(config, workdir: pathlib.Path) -> dict[str, float]:
-    """Dispatches on `config.mode`: train (default), eval or search."""
-    modes = {"train": run_training, "eval": run_evaluation, "search": run_search}
-    if config.mode not in modes:
-        from experiments.configs import ConfigError
-        raise ConfigError(f"config.mode must be one of {sorted(modes)}, got {config.mode!r}")
-    return modes[config.mode](config, workdir)
+    """Dispatches on `config.mode`: train (default), eval or search (`MODES`).
+
+    Raises:
+      experiments.configs.ConfigError: for a mode not in `MODES`.
+    """
+    configs.require_choice(config, "mode", MODES)
+    return MODES[config.mode](config, workdir)
 
 
 def run_training(config, workdir: pathlib.Path) -> dict[str, float]:
@@ -165,8 +166,8 @@ def run_training(config, workdir: pathlib.Path) -> dict[str, float]:
     print(f"data: {path}: train {input_pipeline.group_size_report(split.train)}, "
           f"valid {input_pipeline.group_size_report(split.valid)}, vocabulary {vocab.size}",
           flush=True)
-    vocab.save(workdir / "vocab.json")
-    (workdir / "model.json").write_text(json.dumps(
+    trainer.write_run_file(workdir, "vocab.json", vocab.to_json())
+    trainer.write_run_file(workdir, "model.json", json.dumps(
         {"vocab_size": vocab.size, "num_classes": split.num_classes}) + "\n")
 
     model = build_model(config, vocab.size, split.num_classes)
@@ -174,29 +175,42 @@ def run_training(config, workdir: pathlib.Path) -> dict[str, float]:
     maxlen = config.data.maxlen
     train_ids = vocab.encode(split.train.sentences, maxlen)
     valid_ids = vocab.encode(split.valid.sentences, maxlen)
-    from experiments import data
     batches = data.EpochBatches({"token_ids": train_ids, "labels": split.train_labels},
                                 batch_size=config.batch_size, seed=config.trainer.seed)
 
-    def evaluate(state):
-        z = encode(model, state["params"], valid_ids, config.eval_batch_size)
-        return retrieval.retrieval_metrics(z, split.valid.group_ids)
+    evaluator = evaluation.Evaluator(
+        predict_fn=_encode_fn(model), inputs={"token_ids": valid_ids},
+        batch_size=config.eval_batch_size,
+        score_fn=lambda z, state: retrieval.retrieval_metrics(z, split.valid.group_ids))
 
     trainer_config = _resolved_trainer_config(config, batches.batches_per_epoch)
     task = trainer.Task(init_state=make_init_state(model, optimizer, maxlen),
                         train_step=make_train_step(model, optimizer, config.loss),
-                        batches=batches, evaluate=evaluate)
+                        batches=batches, evaluate=evaluator,
+                        fingerprint=run_fingerprint(config, vocab, train_ids,
+                                                    split.train_labels))
     result = trainer.train(task, trainer_config, workdir)
     template = jax.eval_shape(make_init_state(model, optimizer, maxlen), jax.random.PRNGKey(0))
     best = trainer.load_state(workdir, template, step="best")
-    z = encode(model, best["params"], valid_ids, config.eval_batch_size)
+    z = evaluator.predict(best)
     metrics = retrieval.retrieval_metrics(z, split.valid.group_ids)
     threshold = choose_threshold(z, split.valid.group_ids)
-    (workdir / "threshold.json").write_text(json.dumps(threshold) + "\n")
+    (workdir / "threshold.json").write_text(json.dumps(threshold, allow_nan=False) + "\n")
     summary = {**metrics, "best_step": result.best_step, **{
         f"faq_{k}": v for k, v in threshold.items()}}
-    print(json.dumps(summary), flush=True)
+    trainer.update_summary(workdir, results=summary)
+    print(json.dumps(summary, allow_nan=False), flush=True)
     return summary
+
+
+def run_fingerprint(config, vocab, train_ids: np.ndarray, train_labels: np.ndarray) -> dict:
+    """What the checkpoints depend on: the config's model, loss and optimiser fields, the
+    vocabulary and the training data (so a rerun on changed data cannot reuse them)."""
+    return {"config": trainer.config_fingerprint(config, ignore=(
+                "mode", "data.path", "data.eval_path", "data.skip_bad", "search",
+                "eval_batch_size")),
+            "vocabulary": vocab.digest(),
+            "train_data": trainer.array_digest(train_ids, train_labels)}
 
 
 def _resolved_trainer_config(config, batches_per_epoch: int):
@@ -213,11 +227,21 @@ def _resolved_trainer_config(config, batches_per_epoch: int):
 
 
 def _load_trained(config, workdir: pathlib.Path):
-    """The vocabulary, model and best parameters of a trained workdir."""
+    """The vocabulary, model and best parameters of a trained workdir; reads, never writes.
+
+    `config` must hold the training run's model fields: launch.py merges them in from
+    WORKDIR/config.json (`configs.merge_trained` with the `TRAINED_FIELDS` of
+    `experiments.sentence_similarity.config`).
+
+    Raises:
+      experiments.configs.NotATrainedRun: when the workdir lacks what training writes.
+      experiments.trainer.CheckpointError: when the best checkpoint is missing or unreadable.
+    """
+    workdir = pathlib.Path(workdir)
     for name in ("vocab.json", "model.json"):
-        if not (workdir / name).exists():
-            raise FileNotFoundError(f"{workdir / name} is missing: is {workdir} the workdir "
-                                    "of a finished training run?")
+        if not (workdir / name).is_file():
+            raise configs.NotATrainedRun(f"{workdir / name} is missing: is {workdir} the "
+                                         "workdir of a finished training run?")
     vocab = input_pipeline.Vocabulary.load(workdir / "vocab.json")
     sizes = json.loads((workdir / "model.json").read_text())
     model = build_model(config, sizes["vocab_size"], sizes["num_classes"])
@@ -229,18 +253,24 @@ def _load_trained(config, workdir: pathlib.Path):
 
 
 def run_evaluation(config, workdir: pathlib.Path) -> dict[str, float]:
-    """Scores a trained workdir on `config.data.eval_path`; the last line printed is JSON."""
-    if not config.data.eval_path:
-        from experiments.configs import ConfigError
-        raise ConfigError("mode=eval needs --config.data.eval_path=GROUPS_FILE")
-    vocab, model, params = _load_trained(config, workdir)
+    """Scores a trained workdir on `config.data.eval_path`; the last line printed is JSON.
+
+    Writes nothing: a finished, read-only workdir can be scored.
+
+    Raises:
+      experiments.data.RecordError: for a malformed groups file.
+      experiments.sentence_similarity.retrieval.NothingToRetrieve: when no group of the file
+        has two sentences (before the model is loaded).
+    """
     groups = _read(config.data.eval_path, config)
+    retrieval.require_relevant_items(groups.group_ids, config.data.eval_path)
+    vocab, model, params = _load_trained(config, workdir)
     report = input_pipeline.group_size_report(groups)
     z = encode(model, params, vocab.encode(groups.sentences, config.data.maxlen),
                config.eval_batch_size)
     metrics = retrieval.retrieval_metrics(z, groups.group_ids)
     print(f"{config.data.eval_path}: {report}")
-    print(json.dumps(metrics), flush=True)
+    print(json.dumps(metrics, allow_nan=False), flush=True)
     return metrics
 
 
@@ -248,15 +278,16 @@ def run_search(config, workdir: pathlib.Path, stdin=None, stdout=None) -> dict[s
     """FAQ search: stored questions encoded once, queries from stdin, nearest answers.
 
     Each query prints its `config.search.top` nearest stored questions with their cosines
-    and "accept" or "reject" by the threshold chosen on validation (threshold.json).
+    and "accept" or "reject" by the threshold chosen on validation (threshold.json). Writes
+    nothing to the workdir.
     """
-    from experiments import data
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    if not config.search.questions:
-        from experiments.configs import ConfigError
-        raise ConfigError("mode=search needs --config.search.questions=FILE (one per line)")
+    threshold_file = pathlib.Path(workdir) / "threshold.json"
+    if not threshold_file.is_file():
+        raise configs.NotATrainedRun(f"{threshold_file} is missing: is {workdir} the workdir "
+                                     "of a finished training run?")
+    threshold = json.loads(threshold_file.read_text())
     vocab, model, params = _load_trained(config, workdir)
-    threshold = json.loads((workdir / "threshold.json").read_text())
     questions = [line.strip() for line in data.read_lines(config.search.questions)
                  if line.strip()]
     if not questions:
@@ -283,3 +314,7 @@ def run_search(config, workdir: pathlib.Path, stdin=None, stdout=None) -> dict[s
             print(f"  {cosines[index]:.4f}\t{questions[index]}", file=stdout)
         stdout.flush()
     return {"accepted": float(answered)}
+
+
+# config.mode → what runs; `config.validate` checks the mode against this table.
+MODES = {"train": run_training, "eval": run_evaluation, "search": run_search}

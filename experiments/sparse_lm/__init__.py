@@ -1,4 +1,7 @@
-"""Character LM with Atrous, Local, Sparse or alternating attention; validation bits per character (SPEC §4, kexue.fm/archives/6853)."""
+"""Character LM with Atrous, Local, Sparse or alternating attention; validation bits/char.
+
+The post: https://kexue.fm/archives/6853; the method in this repository: docs/sparse_attention.md.
+"""
 
 from experiments.sparse_lm.config import get_config
 from experiments.sparse_lm.train import run

@@ -7,11 +7,10 @@ validation_windows`): the total −log2 p(target) divided by the number of targe
 validation character counted once.
 """
 
+import functools
 import json
 import math
 import pathlib
-import statistics
-import time
 from collections.abc import Callable
 
 import jax
@@ -19,26 +18,31 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import trainer
+from experiments import configs, evaluation, schedules, trainer
 from experiments.configs import ConfigError
 from experiments.sparse_lm import input_pipeline
+from kernels import attention
 from models.transformer import DecoderLM, count_params, parse_pattern
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # (params, inputs [B, C] int32) -> logits [B, C, V] float32.
 LogitsFn = Callable[[dict, jax.Array], jax.Array]
 
 
 def check_model_config(config):
-    """The parsed pattern tuple; ConfigError naming the key for a bad pattern or dtype."""
+    """The parsed pattern tuple of `config.model.pattern`.
+
+    Raises:
+      ConfigError: "--config.model.pattern: …" for a pattern outside the grammar, or
+        "--config.model.attention_implementation must be one of …".
+    """
     try:
         pattern = parse_pattern(config.model.pattern)
     except ValueError as error:
         raise ConfigError(f"--config.model.pattern: {error}") from None
-    if config.model.dtype not in DTYPES:
-        raise ConfigError(f"--config.model.dtype must be one of {sorted(DTYPES)}, got "
-                          f"{config.model.dtype!r}")
+    if config.model.attention_implementation not in attention.IMPLEMENTATIONS:
+        raise ConfigError("--config.model.attention_implementation must be one of "
+                          f"{attention.IMPLEMENTATIONS}, got "
+                          f"{config.model.attention_implementation!r}")
     return pattern
 
 
@@ -51,16 +55,17 @@ def build_model(config, vocab_size: int) -> DecoderLM:
                      mlp_ratio=config.model.mlp_ratio, positions=config.model.positions,
                      tie_embeddings=config.model.tie_embeddings,
                      output_projection=config.model.output_projection,
-                     remat=config.model.remat, dtype=DTYPES[config.model.dtype])
+                     remat=config.model.remat, dtype=trainer.compute_dtype(config.trainer),
+                     attention_fn=functools.partial(
+                         attention.attention,
+                         implementation=config.model.attention_implementation))
 
 
 def learning_rate_schedule(config, num_steps: int) -> optax.Schedule:
     """Linear warmup to the peak, then cosine decay to end_fraction × peak at num_steps."""
     opt = config.optimizer
-    warmup = min(opt.warmup_steps, max(num_steps - 1, 0))
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=opt.learning_rate, warmup_steps=warmup,
-        decay_steps=max(num_steps, warmup + 1), end_value=opt.learning_rate * opt.end_fraction)
+    return schedules.warmup_cosine(opt.learning_rate, num_steps, opt.warmup_steps,
+                                   opt.end_fraction)
 
 
 def make_optimizer(config, num_steps: int) -> optax.GradientTransformation:
@@ -109,12 +114,12 @@ def make_init_state(model: DecoderLM, optimizer: optax.GradientTransformation, c
 
 
 def make_bpc_evaluator(logits_fn: LogitsFn, windows: np.ndarray, batch_size: int
-                       ) -> Callable[[dict], dict[str, float]]:
+                       ) -> evaluation.Evaluator:
     """Bits per character of a model over fixed windows.
 
     bpc = Σ_windows Σ_t −log2 softmax(logits[t])[target t] / (number of targets), with
-    inputs window[:-1] and targets window[1:]. The last batch is padded with zero-weight
-    windows; the sum is accumulated in float64 on the host.
+    inputs window[:-1] and targets window[1:]; the per-window sums are added in float64 on
+    the host.
 
     Args:
       logits_fn: (params, inputs [B, C] int32) → logits [B, C, V].
@@ -122,28 +127,23 @@ def make_bpc_evaluator(logits_fn: LogitsFn, windows: np.ndarray, batch_size: int
       batch_size: windows per call.
 
     Returns:
-      evaluate(params) → {"bpc": float, "valid_chars": number of targets}.
+      An `evaluation.Evaluator`: state → {"bpc": float, "valid_chars": number of targets}.
     """
     @jax.jit
-    def window_bits(params, tokens, weights):  # [B, C + 1], [B] → [B]
-        logits = logits_fn(params, tokens[:, :-1])
+    def window_bits(params, batch):  # {"tokens": [B, C + 1]} → [B]
+        tokens = batch["tokens"]
+        logits = logits_fn(params, tokens[:, :-1]).astype(jnp.float32)
         nats = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
-        return nats.sum(axis=-1) / math.log(2.0) * weights
+        return nats.sum(axis=-1) / math.log(2.0)
 
-    num_windows, targets_per_window = windows.shape[0], windows.shape[1] - 1
+    count = windows.shape[0] * (windows.shape[1] - 1)
 
-    def evaluate(params) -> dict[str, float]:
-        total = 0.0
-        for start in range(0, num_windows, batch_size):
-            chunk = windows[start:start + batch_size]
-            tokens = np.zeros((batch_size, windows.shape[1]), np.int32)
-            tokens[:len(chunk)] = chunk
-            weights = (np.arange(batch_size) < len(chunk)).astype(np.float32)
-            total += float(np.sum(np.asarray(window_bits(params, tokens, weights), np.float64)))
-        count = num_windows * targets_per_window
-        return {"bpc": total / count, "valid_chars": float(count)}
+    def score(bits, state):
+        return {"bpc": float(np.sum(bits, dtype=np.float64)) / count,
+                "valid_chars": float(count)}
 
-    return evaluate
+    return evaluation.Evaluator(predict_fn=window_bits, inputs={"tokens": windows},
+                                score_fn=score, batch_size=batch_size)
 
 
 def load_text(config) -> tuple[str, str]:
@@ -156,19 +156,11 @@ def load_text(config) -> tuple[str, str]:
                   "characters of its top-level *.py files, sorted)")
 
 
-def tokens_per_second(history: list[dict], tokens_per_step: int) -> float:
-    """Steady-state training throughput: the median logged steps/s (the first logging window,
-    which includes compilation, is left out when there are others) × tokens per step."""
-    rates = [row["steps_per_sec"] for row in history if "steps_per_sec" in row]
-    if len(rates) > 1:
-        rates = rates[1:]
-    return statistics.median(rates) * tokens_per_step if rates else float("nan")
-
-
 def run(config, workdir: pathlib.Path) -> dict[str, float]:
     """Trains (or resumes) in `workdir`; returns the validation bpc first, then throughput."""
     workdir = pathlib.Path(workdir)
     check_model_config(config)  # fail before reading the data
+    configs.require_trainer(config)  # e.g. a negative num_steps would train nothing
     context = config.model.context
     text, source = load_text(config)
     train_text, valid_text = input_pipeline.split_text(text, config.data.valid_fraction)
@@ -178,7 +170,7 @@ def run(config, workdir: pathlib.Path) -> dict[str, float]:
     print(f"data: {source}: {len(train_ids):,} training and {len(valid_ids):,} validation "
           f"characters, vocabulary {vocab.size} (with unknown; {unseen} validation characters "
           f"unseen in training)", flush=True)
-    (workdir / "vocab.json").write_text(json.dumps({"chars": vocab.chars}) + "\n")
+    trainer.write_run_file(workdir, "vocab.json", json.dumps({"chars": vocab.chars}) + "\n")
 
     model = build_model(config, vocab.size)
     num_steps = config.trainer.num_steps
@@ -190,29 +182,25 @@ def run(config, workdir: pathlib.Path) -> dict[str, float]:
     evaluator = make_bpc_evaluator(
         lambda params, inputs: model.apply({"params": params}, inputs), windows,
         config.eval.batch_size)
+    fingerprint = {"config": trainer.config_fingerprint(config, ignore=("data.path",)),
+                   "text": trainer.array_digest(train_ids, valid_ids)}
     task = trainer.Task(init_state=init_state, train_step=make_train_step(model, optimizer),
-                        batches=batches, evaluate=lambda state: evaluator(state["params"]))
-
-    start = time.perf_counter()
+                        batches=batches, evaluate=evaluator, fingerprint=fingerprint)
     result = trainer.train(task, config.trainer, workdir)
-    train_seconds = time.perf_counter() - start
-    final = [row for row in result.history if "eval_bpc" in row]
-    bpc = final[-1]["eval_bpc"] if final else evaluator(result.state["params"])["bpc"]
+    record = trainer.read_summary(workdir)
+    bpc = result.last_eval.get("bpc")
+    if bpc is None:
+        bpc = evaluator(result.state)["bpc"]
     summary = {
         "valid_bpc": bpc,
         "uniform_bpc": math.log2(vocab.size),
-        "tokens_per_sec": tokens_per_second(result.history, config.batch_size * context),
-        "train_seconds": train_seconds,
+        "tokens_per_sec": (record.get("steps_per_sec") or 0.0) * config.batch_size * context,
+        "train_seconds": record.get("wall_seconds", {}).get("total"),
         "steps": float(result.step),
         "num_params": float(count_params(result.state["params"])),
         "vocab_size": float(vocab.size),
         "valid_chars": float(windows.shape[0] * context),
     }
-    previous = workdir / "summary.json"
-    if not result.history and previous.exists():
-        # A rerun of a finished run trains nothing: keep the timing of the run that did.
-        timing = json.loads(previous.read_text())
-        summary.update({k: timing[k] for k in ("tokens_per_sec", "train_seconds")})
-    previous.write_text(json.dumps(summary) + "\n")
-    print(json.dumps(summary), flush=True)
+    trainer.update_summary(workdir, results=summary)
+    print(json.dumps(summary, allow_nan=False), flush=True)
     return summary
