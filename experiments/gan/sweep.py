@@ -1,43 +1,44 @@
-"""The GAN experiment's result tables (issue 6, "Results to report"), re-runnable.
+"""The GAN experiment's result tables (docs/wgan_div.md), re-runnable.
 
     python -m experiments.gan.sweep mixture --seeds 3 --steps 1500 --out results/gan/mixture.md
     python -m experiments.gan.sweep celeba --steps 300 --resolution 32 --out results/gan/celeba.md
 
 `mixture`: the presets on the 8-ring and the 25-grid, then, for WGAN-div (the seed's
-settings otherwise), the k × p grid (k ∈ {0.5, 2, 10}, p ∈ {2, 6}) and the six r(x)
-strategies of SPEC §2.2, each over several seeds; a markdown table of modes covered and
+settings otherwise), the k × p grid (k ∈ {0.5, 2, 10}, p ∈ {2, 6}) and the six strategies
+of sampling r(x) (docs/wgan_div.md), each over several seeds; a markdown table of modes covered and
 high-quality share (mean ± std over seeds, and the per-seed values).
 
-`celeba`: the four presets of issue 6 on an image folder (CelebA by default) at one equal
+`celeba`: the four main presets on an image folder (CelebA by default) at one equal
 budget of training steps; a markdown table of the sliced Wasserstein distance and each
 preset's final 8×8 sample grid next to the table.
 
-Every run is an ordinary `experiments.gan.run` in its own workdir under --workdir; a cell
-whose workdir already holds a finished run is read back instead of trained again, so an
+Every run is an ordinary `python launch.py gan:PRESET` run, trained by `experiments.sweep`
+in its own workdir under --workdir (SLUG-seedS); a cell whose workdir already holds a
+finished run is read back instead of trained again, and an unfinished one is resumed, so an
 interrupted sweep continues where it stopped. Identical cells (the seed's WGAN-div appears in
-all three mixture groups) run once.
+all three mixture groups) run once. The figures come from each run's summary.json: the final
+evaluation scores the EMA generator, and its "live_" metrics the trained generator itself.
 """
 
 import argparse
 import dataclasses
-import json
-import os
 import pathlib
 import shutil
 import sys
-import time
 
 import numpy as np
 
-from experiments import configs, host_memory
+from experiments import host_memory, sweep
 from experiments.gan import config as config_lib
+from experiments.gan import train
 
-MAIN_PRESETS = ("wgan_div", "dcgan", "wgan_gp", "wgan_sn")   # issue 6, item 4
+MAIN_PRESETS = ("wgan_div", "dcgan", "wgan_gp", "wgan_sn")
 MIXTURE_PRESETS = MAIN_PRESETS + ("wgan_div_paper",)
 K_VALUES = (0.5, 2.0, 10.0)
 P_VALUES = (2.0, 6.0)
+# The post's order (https://kexue.fm/archives/6139).
 STRATEGIES = ("real_fake_interpolation", "real_real_and_fake_fake_interpolation",
-              "mixed_pairs_interpolation", "real_and_fake", "fake", "real")  # SPEC §2.2 order
+              "mixed_pairs_interpolation", "real_and_fake", "fake", "real")
 DEFAULT_CELEBA = "../shared/data/gan_faces/celeba_align_10k"
 
 
@@ -77,52 +78,47 @@ def mixture_cells(mixtures, ablation_mixture: str) -> list[Cell]:
     return cells
 
 
-def run_cell(cell: Cell, seed: int, budget: list[str], root: pathlib.Path,
-             steps: int) -> dict:
-    """Trains one seed of one cell, resumes it, or reads it back when its workdir holds a
-    finished run of exactly this config; returns its summary."""
-    from experiments import gan
-
-    config = gan.get_config(cell.variant)
-    configs.apply_overrides(config, [*budget, *cell.overrides, f"trainer.seed={seed}",
-                                     f"trainer.num_steps={steps}"])
-    resolved = configs.to_json(config) + "\n"
-    workdir = root / cell.slug / f"seed{seed}"
-    summary_path, config_path = workdir / "summary.json", workdir / "config.json"
-    same_config = config_path.exists() and config_path.read_text() == resolved
-    if same_config and summary_path.exists():
-        return json.loads(summary_path.read_text())
-    if workdir.exists() and not same_config:  # another budget's run: start afresh
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)  # the same config unfinished: resume it
-    config_path.write_text(resolved)
-    start = time.perf_counter()
-    gan.run(config, workdir)
-    if not summary_path.exists():
-        raise SystemExit(f"{workdir}: the run stopped before its last step (SIGTERM); rerun "
-                         "the sweep to resume it")
-    summary = {**json.loads(summary_path.read_text()),
-               "wall_s": round(time.perf_counter() - start, 1),
-               "load_average": round(os.getloadavg()[0], 1)}
-    summary_path.write_text(json.dumps(summary) + "\n")
-    return summary
+def sweep_cell(cell: Cell, budget, steps: int, seeds) -> sweep.Cell:
+    """The `experiments.sweep` cell of one table row: `gan:VARIANT` with the budget, the
+    row's overrides and the number of steps, one run per seed in ROOT/SLUG-seedS."""
+    return sweep.Cell(name=cell.slug, spec=f"gan:{cell.variant}",
+                      overrides=(*budget, *cell.overrides, f"trainer.num_steps={steps}"),
+                      seeds=tuple(seeds), labels={"group": cell.group, "setting": cell.label})
 
 
-def _timing(runs: dict) -> str:
-    """Σ wall minutes and mean load average of the distinct runs {(slug, seed): summary}."""
-    timed = [s for s in runs.values() if "wall_s" in s]
-    minutes = sum(s["wall_s"] for s in timed) / 60
-    loads = [s["load_average"] for s in timed if "load_average" in s]
+def run_row(cell: Cell, budget, steps: int, seeds, root: pathlib.Path) -> sweep.Row:
+    """Trains, resumes or reads back every seed of one row; its `sweep.Row`."""
+    [row] = sweep.run_sweep([sweep_cell(cell, budget, steps, seeds)], root)
+    return row
+
+
+def final_sample_plot(row: sweep.Row, steps: int) -> pathlib.Path:
+    """The sample grid or scatter plot of the row's first seed at its last step."""
+    return row.workdirs[0] / "samples" / f"step_{steps:07d}.png"
+
+
+def _timing(rows) -> str:
+    """Σ wall minutes and mean load average of the distinct runs of `sweep.Row`s."""
+    runs = {workdir: summary for row in rows
+            for workdir, summary in zip(row.workdirs, row.summaries)}
+    totals = [sweep.lookup(s, "wall_seconds.total") for s in runs.values()]
+    minutes = sum(total for total in totals if total is not None) / 60
+    loads = [s["load_average"] for s in runs.values() if s.get("load_average") is not None]
     load = f"{np.mean(loads):.1f}" if loads else "not recorded"
-    return (f"Sum of the {len(timed)} runs' wall times: {minutes:.1f} min (mean 1-minute load "
+    return (f"Sum of the {len(runs)} runs' wall times: {minutes:.1f} min (mean 1-minute load "
             f"average when the runs finished: {load}; on a shared machine the wall time grows "
             "with the load).")
 
 
-def _mean_std(values, scale: float = 1.0, digits: int = 1) -> str:
-    values = scale * np.asarray(values, dtype=np.float64)
-    std = values.std(ddof=1) if len(values) > 1 else 0.0
-    return f"{values.mean():.{digits}f} ± {std:.{digits}f}"
+# The mixture table: EMA generator (the final evaluation) and the live one ("live_").
+MIXTURE_COLUMNS = (
+    sweep.Column("group"), sweep.Column("setting"),
+    sweep.Column("modes covered (EMA)", "final.modes_covered", ".1f", per_seed=".0f"),
+    sweep.Column("high quality (EMA)", "final.high_quality", ".1f", scale=100, suffix=" %"),
+    sweep.Column("modes covered (live)", "final.live_modes_covered", ".1f"),
+    sweep.Column("high quality (live)", "final.live_high_quality", ".1f", scale=100,
+                 suffix=" %"),
+)
 
 
 def reference_rows(mixtures, seeds, num_points: int = 2500) -> list[tuple[str, list[dict]]]:
@@ -145,44 +141,34 @@ def reference_rows(mixtures, seeds, num_points: int = 2500) -> list[tuple[str, l
     return rows
 
 
-def _enable_compilation_cache(root: pathlib.Path) -> None:
-    # Seeds of one cell compile to the same program: the persistent cache turns every
-    # compilation after the first into a read. Set here, at the sweep's entry point.
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", str(root / "jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
 def sweep_mixture(args) -> str:
     """Runs the mixture cells; returns the markdown table."""
     root = pathlib.Path(args.workdir).resolve() / "mixture"
-    _enable_compilation_cache(root)
     budget = [f"model.mlp.width={args.width}", f"batch_size={args.batch_size}",
               "trainer.eval_every=0", f"trainer.checkpoint_every={args.steps}",
               f"trainer.log_every={max(1, args.steps // 20)}", "trainer.progress_bar=false"]
-    cells = mixture_cells(args.mixtures, args.ablation_mixture)
     seeds = range(args.seeds)
     rows = []
-    for cell in cells:
-        summaries = [run_cell(cell, seed, budget, root, args.steps) for seed in seeds]
-        rows.append((cell, summaries))
-        print(f"[sweep] {cell.group}: {cell.label}: modes "
-              f"{[int(s['modes_covered']) for s in summaries]}", flush=True)
-        if args.images:
-            sample = root / cell.slug / "seed0" / "samples" / f"step_{args.steps:07d}.png"
-            if cell.group == "presets" and sample.exists():
-                out = pathlib.Path(args.images)
-                out.mkdir(parents=True, exist_ok=True)
-                shutil.copy(sample, out / f"mixture_{cell.slug}.png")
-    timing = _timing({(cell.slug, seed): summary for cell, summaries in rows
-                      for seed, summary in enumerate(summaries)})
+    for cell in mixture_cells(args.mixtures, args.ablation_mixture):
+        row = run_row(cell, budget, args.steps, seeds, root)
+        rows.append(row)
+        modes = [sweep.lookup(summary, "final.modes_covered") for summary in row.summaries]
+        print(f"[sweep] {cell.group}: {cell.label}: modes {modes}", flush=True)
+        sample = final_sample_plot(row, args.steps)
+        if args.images and cell.group == "presets" and sample.exists():
+            out = pathlib.Path(args.images)
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copy(sample, out / f"mixture_{cell.slug}.png")
+    timing = _timing(rows)
     for label, scores in reference_rows(args.mixtures, seeds):
-        summaries = [{"modes_covered": score["modes_covered"],
-                      "high_quality": score["high_quality"],
-                      "raw_modes_covered": score["modes_covered"],
-                      "raw_high_quality": score["high_quality"]} for score in scores]
-        rows.append((Cell("reference", label, "", ()), summaries))
+        # Real or uniform points have no EMA: the same score in both columns.
+        summaries = [{"final": {"modes_covered": score["modes_covered"],
+                                "high_quality": score["high_quality"],
+                                "live_modes_covered": score["modes_covered"],
+                                "live_high_quality": score["high_quality"]}}
+                     for score in scores]
+        rows.append(sweep.Row(labels={"group": "reference", "setting": label},
+                              summaries=summaries))
     lines = [
         "# Mixture of Gaussians: modes covered and high-quality share",
         "",
@@ -211,25 +197,14 @@ def sweep_mixture(args) -> str:
         "",
         timing,
         "",
-        "| group | setting | modes covered (EMA) | high quality (EMA) | modes covered (live) "
-        "| high quality (live) |",
-        "|---|---|---|---|---|---|",
+        sweep.markdown_table(rows, MIXTURE_COLUMNS),
     ]
-    for cell, summaries in rows:
-        per_seed = ", ".join(str(int(s["modes_covered"])) for s in summaries)
-        lines.append(
-            f"| {cell.group} | {cell.label} | "
-            f"{_mean_std([s['modes_covered'] for s in summaries])} [{per_seed}] | "
-            f"{_mean_std([s['high_quality'] for s in summaries], 100)} % | "
-            f"{_mean_std([s['raw_modes_covered'] for s in summaries])} | "
-            f"{_mean_std([s['raw_high_quality'] for s in summaries], 100)} % |")
     return "\n".join(lines) + "\n"
 
 
 def sweep_celeba(args) -> str:
     """Runs the four presets on the image folder at one budget; returns the table."""
     root = pathlib.Path(args.workdir).resolve() / f"images_{args.resolution}px"
-    _enable_compilation_cache(root)
     budget = ["data.kind=images", f"data.path={pathlib.Path(args.data).resolve()}",
               f"data.resolution={args.resolution}", f"data.cache_dir={root / 'cache'}",
               f"data.num_eval_images={args.eval_images}",
@@ -240,18 +215,31 @@ def sweep_celeba(args) -> str:
     rows = []
     for preset in args.presets:
         cell = Cell("presets", preset, preset, ())
-        summary = run_cell(cell, 0, budget, root, args.steps)
-        rows.append((preset, summary))
-        print(f"[sweep] {preset}: swd_avg {summary['swd_avg']:.2f}", flush=True)
-        grid = root / cell.slug / "seed0" / "samples" / f"step_{args.steps:07d}.png"
+        row = run_row(cell, budget, args.steps, (0,), root)
+        image = f"celeba_{args.resolution}px_{preset}.png"
+        config = sweep.resolve_config(f"gan:{preset}", sweep_cell(cell, budget, args.steps,
+                                                                  (0,)).runs()[0][1])
+        rows.append(sweep.Row(labels={"preset": preset, "method": train.describe(config),
+                                      "final grid": f"![{preset}]({image})"},
+                              summaries=row.summaries, workdirs=row.workdirs))
+        swd = sweep.lookup(row.summaries[0], "final.swd_avg")
+        print(f"[sweep] {preset}: swd_avg {swd}", flush=True)
+        grid = final_sample_plot(row, args.steps)
         if args.images and grid.exists():
             out = pathlib.Path(args.images)
             out.mkdir(parents=True, exist_ok=True)
-            shutil.copy(grid, out / f"celeba_{args.resolution}px_{preset}.png")
-    timing = _timing({preset: summary for preset, summary in rows})
-    rows.append(("real images", {"method": "held-out vs training images (the floor)",
-                                 **real_image_reference(args, root)}))
-    levels = [key for key in rows[0][1] if key.startswith("swd_") and key != "swd_avg"]
+            shutil.copy(grid, out / image)
+    timing = _timing(rows)
+    rows.append(sweep.Row(labels={"preset": "real images",
+                                  "method": "held-out vs training images (the floor)",
+                                  "final grid": ""},
+                          summaries=[{"final": real_image_reference(args, root)}]))
+    levels = [key for key in rows[0].summaries[0].get("final", {})
+              if key.startswith("swd_") and key != "swd_avg"]
+    columns = [sweep.Column("preset"), sweep.Column("method"),
+               sweep.Column("SWD avg", "final.swd_avg", ".2f"),
+               *(sweep.Column(key, f"final.{key}", ".2f") for key in levels),
+               sweep.Column("final grid")]
     lines = [
         f"# Image folder ({pathlib.Path(args.data).name}), {args.resolution}×{args.resolution}: "
         "sliced Wasserstein distance",
@@ -267,15 +255,8 @@ def sweep_celeba(args) -> str:
         f"SWD ×10³ (PGGAN) between {args.eval_images} held-out real images and as many "
         f"samples of the EMA generator; lower is better. " + timing,
         "",
-        "| preset | method | SWD avg | " + " | ".join(levels) + " | final grid |",
-        "|---|---|---|" + "---|" * len(levels) + "---|",
+        sweep.markdown_table(rows, columns),
     ]
-    for preset, summary in rows:
-        grid = (f"![{preset}](celeba_{args.resolution}px_{preset}.png)"
-                if preset in args.presets else "")
-        lines.append(f"| {preset} | {summary['method']} | {summary['swd_avg']:.2f} | "
-                     + " | ".join(f"{summary[key]:.2f}" for key in levels)
-                     + f" | {grid} |")
     return "\n".join(lines) + "\n"
 
 
@@ -337,4 +318,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(sweep.run_command(main, "experiments.gan.sweep"))
