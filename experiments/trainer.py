@@ -536,8 +536,8 @@ def load_state(workdir, state_template: PyTree, step: int | str = "latest", *,
     if not directory.is_dir():
         raise CheckpointError(f"no checkpoints in {directory}: is {workdir} the workdir of a "
                               "training run?")
-    manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False))
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        create=False, enable_async_checkpointing=False))
     try:
         if step == "latest":
             step = manager.latest_step()
