@@ -33,16 +33,30 @@ Strategies that return two populations (``real_and_fake``,
 ``real_real_and_fake_fake_interpolation``) call the critic once per population, as the
 seed calls its critic separately on real and fake batches so that batch norm normalises
 each with its own statistics (SPEC §0.1, §2.3).
+
+A critic step needs the scores of the real and the fake batch as well as the penalty.
+`critic_scores_and_penalty` gives all three for a `Penalty` (the static settings of one of
+the penalties above) and shares the work: where the penalty's points are the real or the
+fake batch themselves (``real_and_fake``, ``real``, ``fake``, R1, R2), ∇ₓ comes from the
+pullback of the forward pass that scored that batch, one ``jax.vjp`` per batch, as the
+seed's ``K.gradients`` on its score tensors does, instead of a second forward pass inside
+``jax.grad``. The batches still go through the critic in separate calls.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 Critic = Callable[[jax.Array], jax.Array]
+# critic(x, state) -> (scores, new state): a critic that carries state between calls
+# (batch-norm moving averages, spectral-norm vectors), e.g. a flax apply with
+# mutable=["batch_stats"].
+StatefulCritic = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
 
 INTERPOLATING_STRATEGIES = (
     "real_fake_interpolation",
@@ -266,12 +280,31 @@ def penalty_points(
 
 def _mean_over_populations(critic: Critic, batches, per_point: Callable) -> jax.Array:
     """Mean of per_point(Σ g²) over each population, then over populations."""
-    means = [jnp.mean(per_point(_squared_gradient_norms(critic, b, False))) for b in batches]
+    return _mean_of_squared_norms(
+        [_squared_gradient_norms(critic, b, False) for b in batches], per_point)
+
+
+def _mean_of_squared_norms(squared_norms: Sequence[jax.Array], per_point: Callable
+                           ) -> jax.Array:
+    """Mean of per_point(s) over each population's (n,) squared norms, then over them."""
+    means = [jnp.mean(per_point(s)) for s in squared_norms]
     return sum(means) / len(means)
 
 
 # ----------------------------------------------------------------------------------------
-# Penalties.
+# Penalties. Each is scale · mean over populations of mean_i per_point(‖∇ₓT(x_i)‖²).
+
+
+def _wgan_div_per_point(p: float) -> Callable[[jax.Array], jax.Array]:
+    return lambda squared_norms: _norm_power(squared_norms, p)
+
+
+def _wgan_gp_per_point(center: float) -> Callable[[jax.Array], jax.Array]:
+    return lambda squared_norms: jnp.square(_norm_power(squared_norms, 1.0) - center)
+
+
+def _zero_centred_per_point(squared_norms: jax.Array) -> jax.Array:
+    return squared_norms
 
 
 def wgan_div_penalty(
@@ -320,7 +353,7 @@ def wgan_div_penalty(
     _check_pair(x_real, x_fake)
     _check_strategy(strategy, key)
     batches = _penalty_batches(jnp.asarray(x_real), jnp.asarray(x_fake), strategy, key)
-    return k * _mean_over_populations(critic, batches, lambda s: _norm_power(s, p))
+    return k * _mean_over_populations(critic, batches, _wgan_div_per_point(p))
 
 
 def wgan_gp_penalty(
@@ -358,13 +391,11 @@ def wgan_gp_penalty(
     _check_pair(x_real, x_fake)
     _check_strategy(strategy, key)
     batches = _penalty_batches(jnp.asarray(x_real), jnp.asarray(x_fake), strategy, key)
-    return weight * _mean_over_populations(
-        critic, batches, lambda s: jnp.square(_norm_power(s, 1.0) - center)
-    )
+    return weight * _mean_over_populations(critic, batches, _wgan_gp_per_point(center))
 
 
 def _zero_centred_penalty(critic: Critic, x: jax.Array, weight: float) -> jax.Array:
-    return weight / 2 * _mean_over_populations(critic, (x,), lambda s: s)
+    return weight / 2 * _mean_over_populations(critic, (x,), _zero_centred_per_point)
 
 
 def r1_penalty(critic: Critic, x_real: jax.Array, *, weight: float) -> jax.Array:
@@ -397,3 +428,215 @@ def r2_penalty(critic: Critic, x_fake: jax.Array, *, weight: float) -> jax.Array
     weight = _check_weight(weight)
     _check_batch("x_fake", x_fake)
     return _zero_centred_penalty(critic, jnp.asarray(x_fake), weight)
+
+
+# ----------------------------------------------------------------------------------------
+# A critic step's scores and penalty together.
+
+PENALTY_KINDS = ("none", "wgan_div", "wgan_gp", "r1", "r2")
+
+# The strategies whose points are the batches themselves, by name.
+_RAW_BATCH_STRATEGIES = {"real_and_fake": ("real", "fake"), "real": ("real",),
+                         "fake": ("fake",)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Penalty:
+    """One of the penalties above with its static settings.
+
+    Called as ``penalty(critic, x_real, x_fake, key=None)`` it is the function of its kind
+    (``wgan_div_penalty``, ``wgan_gp_penalty``, ``r1_penalty``, ``r2_penalty``; "none" is
+    0), each population through its own critic call; `critic_scores_and_penalty` computes
+    the same penalty sharing the scoring calls' forward passes.
+
+    Attributes:
+      kind: one of ``PENALTY_KINDS``.
+      k, p: the W-div weight (> 0) and power (> 1), kind "wgan_div" (SPEC §2.1–§2.3).
+      weight: λ ≥ 0 of "wgan_gp", γ ≥ 0 of "r1" and "r2".
+      center: the target norm of "wgan_gp".
+      strategy: r(x) of "wgan_div" and "wgan_gp", one of ``STRATEGIES``.
+
+    Raises:
+      ValueError: an unknown kind or strategy, or a value out of its range.
+    """
+
+    kind: str = "wgan_div"
+    k: float = 2.0
+    p: float = 6.0
+    weight: float = 10.0
+    center: float = 1.0
+    strategy: str = "real_and_fake"
+
+    def __post_init__(self):
+        if self.kind not in PENALTY_KINDS:
+            raise ValueError(f"unknown penalty kind {self.kind!r}; valid kinds: "
+                             f"{PENALTY_KINDS}")
+        if self.kind in ("wgan_div", "wgan_gp") and self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; valid strategies: "
+                             f"{STRATEGIES}")
+        if self.kind == "wgan_div":
+            if _static_float("p", self.p) <= 1:
+                raise ValueError(f"p must be > 1 for W_k,p to be a divergence (SPEC §2.1), "
+                                 f"got {self.p}")
+            if _static_float("k", self.k) <= 0:
+                raise ValueError(f"k must be > 0 (SPEC §2.1), got {self.k}")
+        if self.kind in ("wgan_gp", "r1", "r2"):
+            _check_weight(self.weight)
+        if self.kind == "wgan_gp":
+            _static_float("center", self.center)
+
+    def __call__(self, critic: Critic, x_real: jax.Array, x_fake: jax.Array,
+                 key: jax.Array | None = None) -> jax.Array:
+        """The penalty, one critic call per population of points.
+
+        Args:
+          critic: maps (batch, ...) inputs to (batch,) scores.
+          x_real: (batch, ...) real samples, floating point.
+          x_fake: (batch, ...) generated samples, same shape as x_real.
+          key: PRNG key, required by the ``*_interpolation`` strategies.
+
+        Returns:
+          A scalar, float32 (float64 for float64 inputs; float32 zero for "none").
+        """
+        _check_pair(x_real, x_fake)
+        batches = self._populations(jnp.asarray(x_real), jnp.asarray(x_fake), key)
+        if not batches:
+            return jnp.zeros((), jnp.float32)
+        scale, per_point = self._formula()
+        return scale * _mean_over_populations(critic, batches, per_point)
+
+    def _formula(self) -> tuple[float, Callable[[jax.Array], jax.Array]]:
+        """(scale, per_point): the penalty is scale · mean over populations of
+        mean_i per_point(‖∇ₓT(x_i)‖²)."""
+        if self.kind == "wgan_div":
+            return float(self.k), _wgan_div_per_point(float(self.p))
+        if self.kind == "wgan_gp":
+            return float(self.weight), _wgan_gp_per_point(float(self.center))
+        return float(self.weight) / 2, _zero_centred_per_point
+
+    def _populations(self, x_real, x_fake, key) -> Sequence[jax.Array]:
+        if self.kind == "none":
+            return ()
+        if self.kind in ("r1", "r2"):
+            return (x_real,) if self.kind == "r1" else (x_fake,)
+        _check_strategy(self.strategy, key)
+        return _penalty_batches(x_real, x_fake, self.strategy, key)
+
+    def raw_batches(self) -> tuple[str, ...] | None:
+        """Which batches ("real", "fake") the points are, as they are; None if sampled.
+
+        Returns:
+          () for "none"; ("real",) for "r1"; ("fake",) for "r2"; for "wgan_div" and
+          "wgan_gp" the strategy's batches (``real_and_fake``: ("real", "fake")), or None
+          for the ``*_interpolation`` strategies, whose points are drawn anew.
+        """
+        if self.kind == "none":
+            return ()
+        if self.kind in ("r1", "r2"):
+            return ("real",) if self.kind == "r1" else ("fake",)
+        return _RAW_BATCH_STRATEGIES.get(self.strategy)
+
+
+class CriticTerms(NamedTuple):
+    """What a critic step needs from one pass over its batches.
+
+    Attributes:
+      real_scores: (batch,) the critic's scores of x_real.
+      fake_scores: (batch,) the critic's scores of x_fake.
+      penalty: the penalty, a scalar.
+      state: the critic's state after the real call and then the fake call.
+    """
+
+    real_scores: jax.Array
+    fake_scores: jax.Array
+    penalty: jax.Array
+    state: Any
+
+
+def _check_scores(scores, x: jax.Array) -> None:
+    if jnp.shape(scores) != (x.shape[0],):
+        raise ValueError(
+            f"critic must map x of shape {x.shape} to scores of shape ({x.shape[0]},), "
+            f"got {jnp.shape(scores)}"
+        )
+
+
+def _scores_and_squared_norms(critic: StatefulCritic, x: jax.Array, state, with_gradient: bool):
+    """(scores (B,), new state, Σ g² (B,) of g = ∇ₓ Σ_b scores_b, or None) from one forward."""
+    if not with_gradient:
+        scores, state = critic(x, state)
+        _check_scores(scores, x)
+        return scores, state, None
+    scores, pullback, state = jax.vjp(lambda batch: critic(batch, state), x, has_aux=True)
+    _check_scores(scores, x)
+    (gradient,) = pullback(jnp.ones_like(scores))
+    gradient = gradient.astype(_accumulation_dtype(gradient.dtype))
+    squared_norms = jnp.sum(jnp.square(gradient.reshape(gradient.shape[0], -1)), axis=1)
+    return scores, state, squared_norms
+
+
+def critic_scores_and_penalty(
+    critic: StatefulCritic,
+    state: Any,
+    x_real: jax.Array,
+    x_fake: jax.Array,
+    penalty: Penalty | Callable[..., jax.Array],
+    key: jax.Array | None = None,
+    *,
+    share_forward: bool = True,
+) -> CriticTerms:
+    """The critic's scores of both batches and the penalty, sharing forward passes.
+
+    The critic scores x_real with ``state`` and then x_fake with the state the real call
+    returned, each batch in its own call (batch norm normalises each with its own
+    statistics, SPEC §0.1, §2.3). With ``share_forward`` a population of penalty points
+    that is one of these batches (``Penalty.raw_batches``) takes ∇ₓ Σ_b T(x)_b from the
+    pullback of the call that scored it, so a penalised critic step runs one forward pass
+    per batch, as PyTorch's ``autograd.grad`` on the scores and the seed's ``K.gradients``
+    do. Other points (the ``*_interpolation`` strategies) go through
+    ``critic(points, final state)``, its state update dropped.
+
+    Sharing gives the same values and gradients as ``share_forward=False`` (the penalty
+    evaluated by its own calls of ``critic(·, final state)``, state updates dropped) when
+    the critic's scores do not depend on the state it is given: true of training-mode
+    batch norm, which normalises with the batch's statistics and only writes the moving
+    averages; false of spectral norm, whose power iteration starts from the stored vector.
+
+    Args:
+      critic: ``critic(x, state) -> (scores, new_state)``, x (batch, ...) to (batch,)
+        scores; ``state`` is any pytree (None for a stateless critic).
+      state: the critic's state before the real call.
+      x_real: (batch, ...) real samples, floating point.
+      x_fake: (batch, ...) generated samples, same shape as x_real.
+      penalty: a `Penalty`, or any ``penalty(critic_fn, x_real, x_fake, key) -> scalar``
+        with ``critic_fn: x -> scores``, which is then evaluated by its own calls.
+      key: PRNG key for the penalty's sampled points.
+      share_forward: reuse the scoring passes for the penalty where its points allow.
+
+    Returns:
+      `CriticTerms`: real and fake scores (batch,), the penalty (a scalar: float32, float64
+      for float64 inputs) and the state after both scoring calls.
+
+    Raises:
+      ValueError: mismatched or empty batches, scores not (batch,), a sampling strategy
+        without a key.
+    """
+    _check_pair(x_real, x_fake)
+    x_real, x_fake = jnp.asarray(x_real), jnp.asarray(x_fake)
+    shared = penalty.raw_batches() if isinstance(penalty, Penalty) and share_forward else None
+    real_scores, state, real_squared = _scores_and_squared_norms(
+        critic, x_real, state, with_gradient="real" in (shared or ()))
+    fake_scores, state, fake_squared = _scores_and_squared_norms(
+        critic, x_fake, state, with_gradient="fake" in (shared or ()))
+    if not shared:  # nothing to share: the penalty's own calls at the final state
+        final_state = state
+
+        def critic_fn(x):
+            return critic(x, final_state)[0]
+
+        value = penalty(critic_fn, x_real, x_fake, key)
+    else:
+        scale, per_point = penalty._formula()
+        squared = {"real": real_squared, "fake": fake_squared}
+        value = scale * _mean_of_squared_norms([squared[name] for name in shared], per_point)
+    return CriticTerms(real_scores, fake_scores, value, state)

@@ -14,7 +14,8 @@ from experiments.benchmarks import harness
 from experiments.configs import ConfigError
 
 # The benchmarks that exist, in the order `make bench` runs them.
-BENCHMARKS = ("attention", "margin_softmax", "sentence_similarity", "gradient_penalty")
+BENCHMARKS = ("attention", "margin_softmax", "sentence_similarity", "gradient_penalty",
+              "trainer")
 
 
 def load(name: str) -> types.ModuleType:

@@ -3,8 +3,11 @@
 A benchmark module builds a `Report` and calls `report.time_jax(...)` (or `report.time_call`
 for a peer library such as PyTorch) once per (group, implementation). Every group has one
 baseline row measured in the same process; the report prints each row's speed-up against it,
-so the figures survive a noisy shared machine. Results go to `OUT/NAME.jsonl` (one JSON line
-per row) and `OUT/NAME.md` (the markdown table).
+so the figures survive a noisy shared machine. Numbers derived from the rows (a ratio, a
+fitted exponent) are recorded with `report.finding(...)`, with the target they are held to;
+the verdicts ("met", "NOT met", "faster", "slower") are the writers' (`Finding.verdict`,
+`Report.markdown`), computed from those numbers. Results go to `OUT/NAME.jsonl` (one JSON
+line per row, then one per finding) and `OUT/NAME.md` (the markdown table and findings).
 """
 
 import dataclasses
@@ -44,6 +47,67 @@ class Row:
     @property
     def gflops_per_s(self) -> float | None:
         return None if not self.flops else self.flops / self.median_s / 1e9
+
+
+@dataclasses.dataclass
+class Finding:
+    """A number derived from the rows, with the target it is held to, if any.
+
+    Attributes:
+      what: what was measured, e.g. "Local(64) fwd+bwd, time of (a) / ours at n=8192".
+      value: the number; None when the run did not measure it.
+      unit: printed after numbers ("×", "%", "" ...).
+      target: the bound `value` is held to, or None.
+      at_least: the target is a lower bound (value ≥ target) or an upper one (≤).
+      strict: the bound excludes equality (> or <).
+      speed: `value` is a time ratio, other's time / this one's: the verdict says whether
+        this one is faster or slower.
+      detail: more measured figures, printed after the verdict.
+    """
+
+    what: str
+    value: float | None
+    unit: str = "×"
+    target: float | None = None
+    at_least: bool = True
+    strict: bool = False
+    speed: bool = False
+    detail: str = ""
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the target is met; None without a target or a value."""
+        if self.target is None or self.value is None:
+            return None
+        if self.at_least:
+            return self.value > self.target if self.strict else self.value >= self.target
+        return self.value < self.target if self.strict else self.value <= self.target
+
+    def verdict(self) -> str:
+        """"met" / "NOT met" (target), "faster" / "slower" (speed), "not measured" or ""."""
+        if self.value is None:
+            return "not measured"
+        if self.target is not None:
+            return "met" if self.met else "NOT met"
+        if self.speed:
+            return "faster" if self.value > 1 else "slower" if self.value < 1 else "as fast"
+        return ""
+
+    def markdown(self) -> str:
+        """One line: what, the value, the target and the verdict, then the detail."""
+        value = "—" if self.value is None else f"{_number(self.value)}{self.unit}"
+        bound = ""
+        if self.target is not None:
+            sign = (">" if self.strict else "≥") if self.at_least else ("<" if self.strict
+                                                                        else "≤")
+            bound = f" (target {sign} {_number(self.target)}{self.unit})"
+        verdict = self.verdict()
+        line = f"{self.what}: {value}{bound}{': ' + verdict if verdict else ''}"
+        return line + (f"; {self.detail}" if self.detail else "")
+
+
+def _number(value: float) -> str:
+    return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
 
 
 def device_kind() -> str:
@@ -100,6 +164,7 @@ class Report:
         self.name, self.repeats = name, repeats
         self.rows: list[Row] = []
         self.notes: list[str] = []
+        self.findings: list[Finding] = []
         self.device = device_kind()
 
     def time_jax(self, group: str, impl: str, fn: Callable, *args, baseline: bool = False,
@@ -139,7 +204,8 @@ class Report:
                   baseline: bool = False, flops: float | None = None,
                   sync: Callable[[Any], Any] = lambda result: result,
                   repeats: int | None = None, shapes: str = "", **extra) -> Row:
-        """Times a zero-argument callable (e.g. a PyTorch step); the first call counts as compile."""
+        """Times a zero-argument callable (e.g. a PyTorch step); its first call counts as
+        the compile."""
         repeats = repeats or self.repeats
         start = time.perf_counter()
         sync(call())
@@ -157,6 +223,13 @@ class Report:
         self.notes.append(text)
         print(f"  note: {text}", flush=True)
 
+    def finding(self, what: str, value: float | None, **fields) -> Finding:
+        """Records a number derived from the rows (see `Finding` for ``fields``)."""
+        finding = Finding(what, None if value is None else float(value), **fields)
+        self.findings.append(finding)
+        print(f"  finding: {finding.markdown()}", flush=True)
+        return finding
+
     def _echo(self, row: Row) -> None:
         print(f"  [{row.group}] {row.impl}: {row.median_s * 1e3:.2f} ms "
               f"(compile {row.compile_s:.2f} s)", flush=True)
@@ -173,7 +246,8 @@ class Report:
     def markdown(self) -> str:
         """The results as a markdown table, one line per row, notes below."""
         lines = [f"### {self.name} ({self.device}, jax {jax.__version__})", "",
-                 "| group | implementation | median | × baseline | compile | temp memory | GFLOP/s |",
+                 "| group | implementation | median | × baseline | compile | temp memory "
+                 "| GFLOP/s |",
                  "|---|---|---|---|---|---|---|"]
         for row in self.rows:
             ratio = self.speedup(row)
@@ -183,6 +257,8 @@ class Report:
                 f"| {_seconds(row.compile_s)} | {_bytes(row.temp_bytes)} "
                 f"| {'' if row.gflops_per_s is None else f'{row.gflops_per_s:.1f}'} |")
         lines += [""] + [f"- {note}" for note in self.notes]
+        if self.findings:
+            lines += ["", "Findings:", ""] + [f"- {f.markdown()}" for f in self.findings]
         return "\n".join(lines)
 
     def write(self, out_dir) -> pathlib.Path:
@@ -194,6 +270,10 @@ class Report:
                 record = dataclasses.asdict(row)
                 record.update(benchmark=self.name, speedup=self.speedup(row),
                               gflops_per_s=row.gflops_per_s, jax=jax.__version__)
+                stream.write(json.dumps(record) + "\n")
+            for finding in self.findings:
+                record = {"finding": dataclasses.asdict(finding), "met": finding.met,
+                          "verdict": finding.verdict(), "benchmark": self.name}
                 stream.write(json.dumps(record) + "\n")
         path = out_dir / f"{self.name}.md"
         path.write_text(self.markdown() + "\n")

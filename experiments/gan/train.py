@@ -105,29 +105,22 @@ def make_optimizers(config: ml_collections.ConfigDict
     return adam(config.optimizer.critic), adam(config.optimizer.generator)
 
 
-def make_penalty(penalty: ml_collections.ConfigDict) -> PenaltyFn:
-    """The configured gradient penalty as `(critic_fn, x_real, x_fake, key) -> scalar`.
+def make_penalty(penalty: ml_collections.ConfigDict) -> gradient_penalty.Penalty:
+    """The configured gradient penalty (SPEC §2.1–§2.5) with its static values bound.
 
-    `critic_fn` maps (B, *X) to (B,) scores; the penalties are those of
-    `kernels.gradient_penalty` with the config's static values bound (SPEC §2.1–§2.5).
+    A `kernels.gradient_penalty.Penalty`: `make_train_step` hands it to
+    `critic_scores_and_penalty`, and it is also a `PenaltyFn`,
+    `(critic_fn, x_real, x_fake, key) -> scalar` with `critic_fn` mapping (B, *X) to (B,).
+
+    Raises:
+      ConfigError: an unknown `penalty.kind`.
     """
-    kind, k, p, strategy = penalty.kind, penalty.k, penalty.p, penalty.strategy
-    weight, center = penalty.weight, penalty.center
-    if kind == "none":
-        return lambda critic_fn, x_real, x_fake, key: jnp.zeros((), jnp.float32)
-    if kind == "wgan_div":
-        return lambda critic_fn, x_real, x_fake, key: gradient_penalty.wgan_div_penalty(
-            critic_fn, x_real, x_fake, k=k, p=p, strategy=strategy, key=key)
-    if kind == "wgan_gp":
-        return lambda critic_fn, x_real, x_fake, key: gradient_penalty.wgan_gp_penalty(
-            critic_fn, x_real, x_fake, key, weight=weight, center=center, strategy=strategy)
-    if kind == "r1":
-        return lambda critic_fn, x_real, x_fake, key: gradient_penalty.r1_penalty(
-            critic_fn, x_real, weight=weight)
-    if kind == "r2":
-        return lambda critic_fn, x_real, x_fake, key: gradient_penalty.r2_penalty(
-            critic_fn, x_fake, weight=weight)
-    raise ConfigError(f"unknown penalty.kind {kind!r}; valid: {config_lib.PENALTIES}")
+    if penalty.kind not in gradient_penalty.PENALTY_KINDS:
+        raise ConfigError(f"unknown penalty.kind {penalty.kind!r}; valid: "
+                          f"{config_lib.PENALTIES}")
+    return gradient_penalty.Penalty(kind=penalty.kind, k=penalty.k, p=penalty.p,
+                                    weight=penalty.weight, center=penalty.center,
+                                    strategy=penalty.strategy)
 
 
 def ema_decay_at(decay: float, step) -> jax.Array:
@@ -200,13 +193,16 @@ def make_train_step(nets: Nets, optimizers, gan_loss: gan_losses.GanLoss, penalt
         return fake
 
     def critic_objective(params, collections, x_real, x_fake, key):
-        real_scores, collections = _apply(nets.critic, params, collections, x_real)
-        fake_scores, collections = _apply(nets.critic, params, collections, x_fake)
+        def critic_fn(x, collections):  # train mode: batch statistics (module docstring)
+            return _apply(nets.critic, params, collections, x)
 
-        def critic_fn(x):  # train-mode BN, its state updates dropped (module docstring)
-            return _apply(nets.critic, params, collections, x)[0]
-
-        penalty = penalty_fn(critic_fn, x_real, x_fake, key)
+        # The penalty's ∇ₓ on the real and fake batches reuses the passes that scored them
+        # wherever that is the same function: a spectrally normalised critic's scores depend
+        # on the stored power-iteration vector, so its penalty keeps calls of its own.
+        real_scores, fake_scores, penalty, collections = (
+            gradient_penalty.critic_scores_and_penalty(
+                critic_fn, collections, x_real, x_fake, penalty_fn, key,
+                share_forward=not getattr(nets.critic, "spectral_norm", False)))
         loss = gan_loss.critic(real_scores, fake_scores) + penalty
         w_distance = jnp.mean(real_scores) - jnp.mean(fake_scores)
         return loss, (collections, {"critic_loss": loss, "penalty": penalty,

@@ -10,6 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from experiments import configs, gan, trainer
+from experiments.gan import input_pipeline
+from experiments.gan import train as gan_train
+from kernels import gan_losses
 from kernels import gradient_penalty as gp
 
 STRATEGIES = gp.STRATEGIES
@@ -550,3 +554,337 @@ def test_bad_batches_and_weights_are_rejected():
         gp.r2_penalty(critic, x_fake, weight=-1.0)
     with pytest.raises(ValueError, match="weight must be >= 0"):
         gp.wgan_gp_penalty(critic, x_real, x_fake, jax.random.key(0), weight=-10.0)
+
+
+# ----------------------------------------------------------------------------------------
+# Penalty and critic_scores_and_penalty: the shared forward is the separate-call function.
+
+# Each kind's public function, independent of `Penalty`: the reference below.
+PUBLIC_PENALTIES = {
+    "wgan_div": lambda c, xr, xf, key, s: gp.wgan_div_penalty(
+        c, xr, xf, k=2.0, p=6.0, strategy=s, key=key),
+    "wgan_gp": lambda c, xr, xf, key, s: gp.wgan_gp_penalty(
+        c, xr, xf, key, weight=10.0, center=1.0, strategy=s),
+    "r1": lambda c, xr, xf, key, s: gp.r1_penalty(c, xr, weight=3.0),
+    "r2": lambda c, xr, xf, key, s: gp.r2_penalty(c, xf, weight=3.0),
+    "none": lambda c, xr, xf, key, s: jnp.zeros((), jnp.float32),
+}
+PENALTY_CASES = [("wgan_div", s) for s in STRATEGIES] + [
+    ("wgan_gp", "real_fake_interpolation"), ("wgan_gp", "real_and_fake"),
+    ("r1", "real_and_fake"), ("r2", "real_and_fake"), ("none", "real_and_fake")]
+
+
+def penalty_of(kind, strategy):
+    return gp.Penalty(kind=kind, k=2.0, p=6.0, weight=10.0 if kind == "wgan_gp" else 3.0,
+                      center=1.0, strategy=strategy)
+
+
+def stateful_centring_critic(w1, w2, reads_state=False):
+    """`batch_centring_critic` carrying a moving average of the batch mean, as batch norm
+    does: its scores ignore the state. With ``reads_state`` they are divided by
+    (1 + calls so far), as spectral norm's scores depend on its stored vector."""
+
+    def critic(x, state):
+        batch_mean = jnp.mean(_flat(x), axis=0)
+        centred = _flat(x) - 0.5 * batch_mean
+        scores = jnp.tanh(centred @ w1) @ w2
+        if reads_state:
+            scores = scores / (1.0 + state["calls"])
+        return scores, {"mean": 0.9 * state["mean"] + 0.1 * batch_mean,
+                        "calls": state["calls"] + 1.0}
+
+    return critic
+
+
+def initial_state():
+    return {"mean": jnp.zeros(DIM), "calls": jnp.zeros(())}
+
+
+def separate_calls(critic, state, x_real, x_fake, kind, strategy, key):
+    """The reference: both batches scored, then the penalty by its own calls at the final
+    state (what the GAN experiment computed before the shared forward)."""
+    real_scores, state = critic(x_real, state)
+    fake_scores, state = critic(x_fake, state)
+    final = state
+    penalty = PUBLIC_PENALTIES[kind](lambda x: critic(x, final)[0], x_real, x_fake, key,
+                                     strategy)
+    return real_scores, fake_scores, penalty, state
+
+
+def loss_terms(terms_fn, reads_state=False):
+    """(w1, w2) → the Wasserstein critic loss plus penalty, with the terms as aux."""
+
+    def loss(w1, w2, x_real, x_fake, key):
+        real, fake, penalty, state = terms_fn(
+            stateful_centring_critic(w1, w2, reads_state), initial_state(), x_real, x_fake,
+            key)
+        return jnp.mean(fake) - jnp.mean(real) + penalty, (real, fake, penalty, state)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+
+
+@pytest.mark.parametrize("kind, strategy", PENALTY_CASES)
+def test_penalty_object_is_the_public_function_of_its_kind(kind, strategy):
+    critic = batch_centring_critic(*(w.astype(np.float32) for w in mlp_weights(30)))
+    x_real, x_fake = random_batches(31)
+    key = jax.random.key(32)
+    got = penalty_of(kind, strategy)(critic, x_real, x_fake, key)
+    want = PUBLIC_PENALTIES[kind](critic, x_real, x_fake, key, strategy)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert kind == "none" or float(want) > 0
+
+
+@pytest.mark.parametrize("kind, strategy", PENALTY_CASES)
+def test_shared_forward_equals_separate_calls_values_and_gradients(kind, strategy):
+    w1, w2 = (jnp.asarray(w, jnp.float32) for w in mlp_weights(33))
+    x_real, x_fake = random_batches(34)
+    key = jax.random.key(35)
+    penalty = penalty_of(kind, strategy)
+    (loss, terms), grads = loss_terms(
+        lambda *args: gp.critic_scores_and_penalty(*args[:4], penalty, args[4]))(
+        w1, w2, x_real, x_fake, key)
+    (want_loss, want_terms), want_grads = loss_terms(
+        lambda *args: separate_calls(*args[:4], kind, strategy, args[4]))(
+        w1, w2, x_real, x_fake, key)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    for got, want in zip(jax.tree.leaves((terms, grads)), jax.tree.leaves((want_terms,
+                                                                          want_grads))):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert float(want_terms[3]["calls"]) == 2.0  # the penalty's calls left the state alone
+
+
+def test_linear_critic_terms_by_hand():
+    """T(x) = ⟨w, x⟩: scores ⟨w, x⟩ and W-div k·½·(‖w‖^p + ‖w‖^p) = k‖w‖^p, shared."""
+    w = jnp.linspace(-0.3, 0.4, DIM).reshape(SAMPLE_SHAPE)
+    x_real, x_fake = random_batches(36)
+
+    def critic(x, state):
+        return jnp.sum(x * w, axis=(1, 2)), state
+
+    terms = gp.critic_scores_and_penalty(critic, None, x_real, x_fake,
+                                         gp.Penalty(k=2.0, p=6.0))
+    np.testing.assert_allclose(terms.real_scores, np.sum(x_real * np.asarray(w), axis=(1, 2)),
+                               rtol=1e-5)
+    np.testing.assert_allclose(terms.penalty, 2.0 * float(jnp.sum(w**2)) ** 3, rtol=1e-5)
+    assert terms.state is None
+
+
+@pytest.mark.parametrize("strategy, shared_calls, separate_calls_count", [
+    ("real_and_fake", 2, 4), ("real", 2, 3), ("real_fake_interpolation", 3, 3)])
+def test_shared_forward_runs_one_pass_per_batch(strategy, shared_calls, separate_calls_count):
+    seen = []
+
+    def critic(x, state):
+        seen.append(x.shape[0])
+        return jnp.sum(_flat(x) ** 2, axis=1), state
+
+    x_real, x_fake = random_batches(37)
+    for share, expected in ((True, shared_calls), (False, separate_calls_count)):
+        seen.clear()
+        jax.jit(lambda xr, xf, share=share: gp.critic_scores_and_penalty(
+            critic, None, xr, xf, gp.Penalty(strategy=strategy), jax.random.key(0),
+            share_forward=share))(x_real, x_fake)
+        assert len(seen) == expected, (share, seen)
+
+
+def test_state_reading_critic_needs_separate_calls():
+    """Where the scores depend on the state (spectral norm), sharing changes the penalty:
+    share_forward=False is the separate-call function, share_forward=True is not."""
+    w1, w2 = (jnp.asarray(w, jnp.float32) for w in mlp_weights(38))
+    x_real, x_fake = random_batches(39)
+    key = jax.random.key(0)
+    penalty = gp.Penalty()
+    results = {share: loss_terms(lambda *args, share=share: gp.critic_scores_and_penalty(
+        *args[:4], penalty, args[4], share_forward=share), reads_state=True)(
+        w1, w2, x_real, x_fake, key) for share in (True, False)}
+    (want_loss, _), _ = loss_terms(
+        lambda *args: separate_calls(*args[:4], "wgan_div", "real_and_fake", args[4]),
+        reads_state=True)(w1, w2, x_real, x_fake, key)
+    np.testing.assert_allclose(results[False][0][0], want_loss, rtol=1e-5)
+    assert abs(results[True][0][0] - want_loss) > 1e-2 * abs(want_loss)
+
+
+def test_any_penalty_callable_is_evaluated_at_the_final_state():
+    states = []
+
+    def my_penalty(critic_fn, x_real, x_fake, key):
+        return jnp.sum(critic_fn(x_real)) * 0 + 7.0
+
+    def critic(x, state):
+        states.append(state)
+        return jnp.sum(_flat(x), axis=1), state + 1
+
+    x_real, x_fake = random_batches(40)
+    terms = gp.critic_scores_and_penalty(critic, 0, x_real, x_fake, my_penalty)
+    assert float(terms.penalty) == 7.0 and terms.state == 2 and states == [0, 1, 2]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(kind="wgan_dvi"), "unknown penalty kind"),
+    (dict(strategy="everywhere"), "unknown strategy"),
+    (dict(p=1.0), "p must be > 1"),
+    (dict(k=0.0), "k must be > 0"),
+    (dict(kind="r1", weight=-1.0), "weight must be >= 0"),
+])
+def test_bad_penalty_settings_are_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gp.Penalty(**kwargs)
+
+
+def test_shared_forward_checks_its_inputs():
+    x_real, x_fake = random_batches(41)
+    with pytest.raises(ValueError, match="shape"):
+        gp.critic_scores_and_penalty(lambda x, s: (jnp.zeros((2,)), s), None, x_real, x_fake,
+                                     gp.Penalty())
+    with pytest.raises(ValueError, match="needs a key"):
+        gp.critic_scores_and_penalty(lambda x, s: (jnp.sum(_flat(x), 1), s), None, x_real,
+                                     x_fake, gp.Penalty(strategy="real_fake_interpolation"))
+
+
+# ----------------------------------------------------------------------------------------
+# The GAN experiment's critic update runs the shared forward: one update of every preset
+# against the separate-call objective it replaced (values and gradients, float32).
+
+PRESET_CASES = [("mixture", preset) for preset in gan.config.PRESETS] + [
+    ("mixture", "wgan_sn", "penalty.kind=wgan_div"),  # SN critic: separate calls kept
+    # The image nets compile for about a minute each on 2 cores; the BN critic's shared
+    # forward is held to separate calls unmarked below (test_dcgan_batch_norm_critic_...).
+    pytest.param(("images", "wgan_div"), marks=pytest.mark.slow),
+    pytest.param(("images", "dcgan"), marks=pytest.mark.slow),
+    pytest.param(("images", "wgan_gp"), marks=pytest.mark.slow),
+    pytest.param(("images", "wgan_sn", "penalty.kind=r1"), marks=pytest.mark.slow),
+]
+
+
+def _tiny_config(kind, preset, *overrides):
+    config = gan.get_config(preset)
+    configs.apply_overrides(config, [
+        f"data.kind={kind}", "data.path=unused", "model.mlp.width=16", "model.mlp.num_hidden=2",
+        "data.resolution=32", "model.dcgan.base_channels=4", "batch_size=8", *overrides])
+    return config
+
+
+def _separate_call_objective(nets, config):
+    """The experiment's critic objective before the shared forward, written out."""
+    gan_loss = gan_losses.get_gan_loss(config.loss)
+    kind, strategy = config.penalty.kind, config.penalty.strategy
+    public = {
+        "wgan_div": lambda c, xr, xf, key: gp.wgan_div_penalty(
+            c, xr, xf, k=config.penalty.k, p=config.penalty.p, strategy=strategy, key=key),
+        "wgan_gp": lambda c, xr, xf, key: gp.wgan_gp_penalty(
+            c, xr, xf, key, weight=config.penalty.weight, center=config.penalty.center,
+            strategy=strategy),
+        "r1": lambda c, xr, xf, key: gp.r1_penalty(c, xr, weight=config.penalty.weight),
+        "none": lambda c, xr, xf, key: jnp.zeros((), jnp.float32),
+    }[kind]
+
+    def apply(params, collections, x):
+        scores, updates = nets.critic.apply({"params": params, **collections}, x, train=True,
+                                            mutable=["batch_stats"])
+        return scores, {**collections, **updates}
+
+    def objective(params, collections, x_real, x_fake, key):
+        real_scores, collections = apply(params, collections, x_real)
+        fake_scores, collections = apply(params, collections, x_fake)
+        penalty = public(lambda x: apply(params, collections, x)[0], x_real, x_fake, key)
+        loss = gan_loss.critic(real_scores, fake_scores) + penalty
+        w_distance = jnp.mean(real_scores) - jnp.mean(fake_scores)
+        return loss, (collections, {"critic_loss": loss, "penalty": penalty,
+                                    "w_distance": w_distance})
+
+    return objective
+
+
+def _close(got, want, rtol=1e-4):
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+        assert np.linalg.norm(g - w) <= rtol * np.linalg.norm(w) + 1e-6, (g, w)
+
+
+@pytest.mark.parametrize("case", PRESET_CASES, ids=lambda case: "-".join(case))
+def test_experiment_critic_update_equals_separate_calls(case):
+    kind, preset, *overrides = case
+    config = _tiny_config(kind, preset, *overrides)
+    nets = gan_train.build_nets(config)
+    optimizers = gan_train.make_optimizers(config)
+    step = gan_train.make_train_step(
+        nets, optimizers, gan_losses.get_gan_loss(config.loss),
+        gan_train.make_penalty(config.penalty), critic_steps=1, generator_steps=1,
+        ema_decay=config.ema_decay)
+    state = jax.jit(gan_train.make_init_state(nets, optimizers, 8))(jax.random.key(0))
+    rng = np.random.default_rng(1)
+    real = (rng.normal(size=(8, 2)).astype(np.float32) if kind == "mixture"
+            else rng.integers(0, 256, (8, *nets.sample_shape), dtype=np.uint8))
+    key = jax.random.key(2)
+    after, metrics = jax.jit(step)(state, {"real": real}, key)
+
+    # The same update by hand, with the keys the step derives from `key`.
+    critic_key, _ = jax.random.split(key)
+    z_key, penalty_key = jax.random.split(jax.random.split(critic_key, 1)[0])
+    generator = state["generator"]
+    x_fake, _ = nets.generator.apply(
+        {"params": generator["params"], **generator["collections"]},
+        jax.random.normal(z_key, (8, nets.z_dim)), train=True, mutable=["batch_stats"])
+    critic = state["critic"]
+    grads, (collections, want) = jax.jit(jax.grad(
+        _separate_call_objective(nets, config), has_aux=True))(
+        critic["params"], critic["collections"], input_pipeline.to_model_range(real), x_fake,
+        penalty_key)
+    params, _, norms = trainer.apply_updates(critic["params"], grads, critic["opt_state"],
+                                             optimizers[0])
+    want["critic_grad_norm"] = norms["grad_norm"]
+    _close({name: metrics[name] for name in want}, want)
+    _close(after["critic"]["collections"], collections)
+    # Adam's first step moves each parameter by about lr·sign(g): compare where |g| is well
+    # above Adam's ε, since a near-zero gradient's sign is rounding.
+    for got_leaf, want_leaf, grad in zip(*(jax.tree.leaves(tree) for tree in (
+            after["critic"]["params"], params, grads))):
+        clear = np.abs(np.asarray(grad)) > 1e-5
+        np.testing.assert_allclose(np.asarray(got_leaf)[clear], np.asarray(want_leaf)[clear],
+                                   rtol=1e-5, atol=1e-7)
+    if config.penalty.kind != "none":
+        assert float(want["penalty"]) > 0
+
+
+@pytest.mark.parametrize("preset", ["wgan_div", pytest.param("wgan_sn", marks=pytest.mark.slow)])
+def test_dcgan_batch_norm_critic_shared_forward_equals_separate_calls(preset):
+    """The image critics normalise each batch with its own statistics: the shared forward
+    gives the separate calls' loss, gradients and batch_stats (BN critic), and for the
+    spectrally normalised critic it would not, which is why the experiment keeps separate
+    calls there."""
+    # XLA's own convs compile several times faster than the patch-matmul ones on CPU.
+    config = _tiny_config("images", preset, "model.dcgan.conv=xla")
+    nets = gan_train.build_nets(config)
+    collections = dict(nets.critic.init(jax.random.key(0), jnp.zeros((4, 32, 32, 3)),
+                                        train=False))
+    params = collections.pop("params")
+    rng = np.random.default_rng(3)
+    x_real = rng.uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+    x_fake = np.tanh(rng.normal(size=(4, 32, 32, 3))).astype(np.float32)
+
+    def shared(params, collections):
+        def critic(x, collections):
+            scores, updates = nets.critic.apply({"params": params, **collections}, x,
+                                                train=True, mutable=["batch_stats"])
+            return scores, {**collections, **updates}
+
+        real, fake, penalty, collections = gp.critic_scores_and_penalty(
+            critic, collections, x_real, x_fake, gp.Penalty(k=2.0, p=6.0))
+        loss = jnp.mean(fake) - jnp.mean(real) + penalty
+        return loss, (collections, {"penalty": penalty})
+
+    config.penalty.kind = "wgan_div"
+    separate = _separate_call_objective(nets, config)
+    got = jax.jit(jax.value_and_grad(shared, has_aux=True))(params, dict(collections))
+    want = jax.jit(jax.value_and_grad(
+        lambda p, c: separate(p, c, x_real, x_fake, None), has_aux=True))(
+        params, dict(collections))
+    (loss, (stats, terms)), grads = got
+    (want_loss, (want_stats, want_terms)), want_grads = want
+    assert float(want_terms["penalty"]) > 0
+    if preset == "wgan_sn":
+        assert abs(float(loss) - float(want_loss)) > 1e-4 * abs(float(want_loss))
+        return
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    _close(stats, want_stats)
+    _close(grads, want_grads)
