@@ -155,7 +155,8 @@ class Task:
       batches: the training batches (global batch size; each process keeps its slice).
       evaluate: optional `state -> {name: float}`, run every `eval_every` steps and at the
         end, on the EMA parameters when `ema_decay` is on.
-      evaluate_live: with EMA on, also evaluate the live parameters, as "live_NAME" metrics.
+      evaluate_live: with EMA on, also evaluate the live parameters with this function (e.g.
+        the evaluator without its plots), as "live_NAME" metrics.
       params_path: where the trained parameters sit in the state (the EMA's target).
       fingerprint: what the checkpoints depend on besides the state's shapes (model config,
         vocabulary or data hashes), JSON-serialisable; resuming against a checkpoint with a
@@ -166,7 +167,7 @@ class Task:
     train_step: Callable[[PyTree, Batch, jax.Array], tuple[PyTree, Metrics]]
     batches: "BatchIterator"
     evaluate: Callable[[PyTree], Mapping[str, float]] | None = None
-    evaluate_live: bool = False
+    evaluate_live: Callable[[PyTree], Mapping[str, float]] | None = None
     params_path: tuple[str, ...] = ("params",)
     fingerprint: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -1049,9 +1050,9 @@ def _train_locked(task: Task, config, workdir: pathlib.Path) -> TrainResult:
 
 def _evaluate(task: Task, eval_state, full_state, use_ema: bool) -> dict[str, float]:
     metrics = {k: float(v) for k, v in task.evaluate(eval_state).items()}
-    if use_ema and task.evaluate_live:
+    if use_ema and task.evaluate_live is not None:
         metrics.update({f"live_{k}": float(v)
-                        for k, v in task.evaluate(full_state["task"]).items()})
+                        for k, v in task.evaluate_live(full_state["task"]).items()})
     return metrics
 
 

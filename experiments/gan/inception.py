@@ -277,7 +277,7 @@ class InceptionV3Pool3(nn.Module):
         return jnp.mean(x, axis=(1, 2))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def variable_shapes(variant: str = "fid") -> dict:
     """The model's variables as a tree of `jax.ShapeDtypeStruct` (no weights computed).
 

@@ -11,8 +11,13 @@ One training step (the trainer's unit) is one GAN iteration:
    threaded from the real call to the fake call and kept.
 2. `steps.generator` generator updates, each with a fresh z (SPEC §2.3: the G step draws
    its own z batch; §2.5: DCGAN's 1 D : 2 G).
-3. One update of the EMA copy of the generator's parameters (decay min(ema_decay,
-   (1 + t)/(10 + t)) at iteration t, see `ema_decay_at`).
+The trainer keeps the EMA copy of the generator's parameters (`trainer.ema_decay`, decay
+min(ema_decay, (1 + t)/(10 + t)) at iteration t) and evaluates and checkpoints with it; the
+live generator is evaluated too on 2-D mixtures ("live_" metrics).
+
+With `trainer.compute_dtype = "bfloat16"` both networks run forward and backward in
+bfloat16 (parameters and inputs cast in `_apply`); scores, losses, penalties and the
+batch-norm moving averages stay float32.
 
 Where a network runs without being trained (the generator inside a critic update, the
 critic inside a generator update, the critic inside the penalty), it runs in training mode
@@ -43,7 +48,7 @@ import numpy as np
 import optax
 
 from experiments import data as data_lib
-from experiments import trainer
+from experiments import evaluation, trainer
 from experiments.configs import ConfigError
 from experiments.gan import config as config_lib
 from experiments.gan import input_pipeline, mixture, plots
@@ -123,28 +128,21 @@ def make_penalty(penalty: ml_collections.ConfigDict) -> gradient_penalty.Penalty
                                     strategy=penalty.strategy)
 
 
-def ema_decay_at(decay: float, step) -> jax.Array:
-    """min(decay, (1 + t)/(10 + t)) at update t = 0, 1, …: the warm-up of TensorFlow's
-    `ExponentialMovingAverage(num_updates=t)`, so that short runs are not dominated by the
-    initial weights."""
-    step = jnp.asarray(step, jnp.float32)
-    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+def _apply(module: nn.Module, params, collections, x, train: bool = True, dtype=None):
+    """module(x) with `collections` (e.g. batch_stats); returns (output, new collections).
 
-
-def ema_update(ema_params: PyTree, params: PyTree, decay) -> PyTree:
-    """decay · ema + (1 − decay) · params, leaf by leaf."""
-    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
-
-
-def _apply(module: nn.Module, params, collections, x, train: bool = True):
-    """module(x) with `collections` (e.g. batch_stats); returns (output, new collections)."""
+    With `dtype` (e.g. bfloat16) the parameters and x are cast to it for the computation
+    and the output comes back as float32; the collections keep their own dtype.
+    """
+    if dtype is not None:
+        params, x = trainer.cast_to_compute((params, x), dtype)
     out, updates = module.apply({"params": params, **collections}, x, train=train,
                                 mutable=["batch_stats"])
-    return out, {**collections, **updates}
+    return out.astype(jnp.float32), {**collections, **updates}
 
 
 def make_init_state(nets: Nets, optimizers, batch_size: int) -> Callable:
-    """key → the initial state {"step", "critic": {...}, "generator": {..., "ema_params"}}."""
+    """key → the initial state {"step", "critic": {...}, "generator": {...}}."""
     critic_optimizer, generator_optimizer = optimizers
 
     def init_state(key):
@@ -160,15 +158,14 @@ def make_init_state(nets: Nets, optimizers, batch_size: int) -> Callable:
             "critic": {"params": critic_params, "collections": critic_vars,
                        "opt_state": critic_optimizer.init(critic_params)},
             "generator": {"params": generator_params, "collections": generator_vars,
-                          "opt_state": generator_optimizer.init(generator_params),
-                          "ema_params": generator_params},
+                          "opt_state": generator_optimizer.init(generator_params)},
         }
 
     return init_state
 
 
 def make_train_step(nets: Nets, optimizers, gan_loss: gan_losses.GanLoss, penalty_fn: PenaltyFn,
-                    *, critic_steps: int, generator_steps: int, ema_decay: float) -> Callable:
+                    *, critic_steps: int, generator_steps: int, compute_dtype=None) -> Callable:
     """The pure `(state, batch, key) -> (state, metrics)` GAN iteration the trainer jits.
 
     Args:
@@ -178,7 +175,7 @@ def make_train_step(nets: Nets, optimizers, gan_loss: gan_losses.GanLoss, penalt
       penalty_fn: added to the critic loss (see `make_penalty`).
       critic_steps: critic updates per iteration, n_D ≥ 1.
       generator_steps: generator updates per iteration, ≥ 1.
-      ema_decay: the EMA copy's decay in [0, 1) (with the `ema_decay_at` warm-up).
+      compute_dtype: the dtype both nets compute in (None: float32; see `_apply`).
 
     Returns:
       train_step(state, {"real": (n_D·B, *X) uint8 or float}, key); metrics: critic_loss
@@ -189,12 +186,13 @@ def make_train_step(nets: Nets, optimizers, gan_loss: gan_losses.GanLoss, penalt
     critic_optimizer, generator_optimizer = optimizers
 
     def generate(generator, z):
-        fake, _ = _apply(nets.generator, generator["params"], generator["collections"], z)
+        fake, _ = _apply(nets.generator, generator["params"], generator["collections"], z,
+                         dtype=compute_dtype)
         return fake
 
     def critic_objective(params, collections, x_real, x_fake, key):
         def critic_fn(x, collections):  # train mode: batch statistics (module docstring)
-            return _apply(nets.critic, params, collections, x)
+            return _apply(nets.critic, params, collections, x, dtype=compute_dtype)
 
         # The penalty's ∇ₓ on the real and fake batches reuses the passes that scored them
         # wherever that is the same function: a spectrally normalised critic's scores depend
@@ -222,8 +220,9 @@ def make_train_step(nets: Nets, optimizers, gan_loss: gan_losses.GanLoss, penalt
                                      "critic_param_norm": norms["param_norm"]}
 
     def generator_objective(params, collections, critic, z):
-        fake, collections = _apply(nets.generator, params, collections, z)
-        scores, _ = _apply(nets.critic, critic["params"], critic["collections"], fake)
+        fake, collections = _apply(nets.generator, params, collections, z, dtype=compute_dtype)
+        scores, _ = _apply(nets.critic, critic["params"], critic["collections"], fake,
+                           dtype=compute_dtype)
         loss = gan_loss.generator(scores)
         return loss, (collections, loss)
 
@@ -254,10 +253,6 @@ def make_train_step(nets: Nets, optimizers, gan_loss: gan_losses.GanLoss, penalt
         (critic, generator), generator_metrics = jax.lax.scan(
             functools.partial(generator_update, batch_size), (critic, state["generator"]),
             jax.random.split(generator_key, generator_steps))
-        decay = ema_decay_at(ema_decay, state["step"])
-        generator = {**generator,
-                     "ema_params": ema_update(generator["ema_params"], generator["params"],
-                                              decay)}
         metrics = {name: jnp.mean(values) for name, values in
                    {**critic_metrics, **generator_metrics}.items()}
         metrics["loss"] = metrics["critic_loss"]
@@ -296,22 +291,23 @@ def make_sampler(nets: Nets) -> Callable:
 
 def generate(sampler, params, collections, latents: np.ndarray, batch_size: int
              ) -> np.ndarray:
-    """Runs `sampler` over `latents` in chunks of `batch_size` (the last one padded with the
-    first latents, its padding dropped); returns (n, *X) float32 numpy."""
-    count = latents.shape[0]
-    padded = np.concatenate([latents, latents[:(-count) % batch_size]])
-    chunks = [np.asarray(sampler(params, collections, padded[start:start + batch_size]))
-              for start in range(0, len(padded), batch_size)]
-    return np.concatenate(chunks)[:count]
+    """Runs `sampler` over `latents` (n, Z) in batches of `batch_size` (the last one padded,
+    its padding dropped); returns (n, *X) float32 numpy."""
+    return evaluation.predict_in_batches(
+        lambda variables, batch: sampler(*variables, batch["z"]), (params, collections),
+        {"z": latents}, batch_size)
 
 
 class MixtureEvaluator:
-    """Scores the EMA and the live generator on `samples.num_points` fixed latents (modes
-    covered, high-quality share: `mixture.score_samples`) and writes a scatter plot of the
-    EMA samples over the modes to samples/step_XXXXXXX.png."""
+    """Scores the generator in the state (the EMA one when the trainer keeps an EMA, the
+    live one for "live_" metrics) on `samples.num_points` fixed latents (modes covered,
+    high-quality share: `mixture.score_samples`); with `plot`, writes a scatter plot of the
+    samples over the modes to samples/step_XXXXXXX.png."""
 
-    def __init__(self, nets: Nets, mix: mixture.Mixture, config, workdir: pathlib.Path):
+    def __init__(self, nets: Nets, mix: mixture.Mixture, config, workdir: pathlib.Path,
+                 plot: bool = True):
         self.mix, self.workdir, self.batch_size = mix, workdir, config.batch_size
+        self.plot = plot
         self.sampler = make_sampler(nets)
         self.latents = fixed_latents(config.trainer.seed, config.samples.num_points,
                                      nets.z_dim)
@@ -320,27 +316,27 @@ class MixtureEvaluator:
     def __call__(self, state) -> dict[str, float]:
         step = int(state["step"])
         generator = state["generator"]
-        ema, raw = (generate(self.sampler, params, generator["collections"], self.latents,
-                             self.batch_size)
-                    for params in (generator["ema_params"], generator["params"]))
-        if not (np.all(np.isfinite(ema)) and np.all(np.isfinite(raw))):
-            raise FloatingPointError(f"the generator produced non-finite samples at step {step}")
-        ema_score = mixture.score_samples(self.mix, ema)
-        raw_score = mixture.score_samples(self.mix, raw)
-        mixture.plot_samples(self.mix, ema, self.workdir / "samples" / f"step_{step:07d}.png",
-                             title=f"{self.mix.name}, step {step} (EMA generator): "
-                                   f"{ema_score['modes_covered']}/{self.mix.num_modes} modes, "
-                                   f"{100 * ema_score['high_quality']:.1f}% high quality")
-        metrics = {"modes_covered": float(ema_score["modes_covered"]),
-                   "high_quality": ema_score["high_quality"],
-                   "raw_modes_covered": float(raw_score["modes_covered"]),
-                   "raw_high_quality": raw_score["high_quality"]}
+        samples = generate(self.sampler, generator["params"], generator["collections"],
+                           self.latents, self.batch_size)
+        if not np.all(np.isfinite(samples)):
+            raise trainer.NonFiniteError(
+                f"the generator produced non-finite samples at step {step}")
+        score = mixture.score_samples(self.mix, samples)
+        if self.plot:
+            mixture.plot_samples(
+                self.mix, samples, self.workdir / "samples" / f"step_{step:07d}.png",
+                title=f"{self.mix.name}, step {step}: {score['modes_covered']}/"
+                      f"{self.mix.num_modes} modes, {100 * score['high_quality']:.1f}% "
+                      "high quality")
+        metrics = {"modes_covered": float(score["modes_covered"]),
+                   "high_quality": score["high_quality"]}
         self.latest = (step, metrics)
         return metrics
 
 
 class ImageEvaluator:
-    """Writes an 8×8 grid of the EMA generator on fixed latents to samples/step_XXXXXXX.png
+    """Writes an 8×8 grid of the state's generator (the EMA one when the trainer keeps an
+    EMA) on fixed latents to samples/step_XXXXXXX.png
     and returns the multi-scale sliced Wasserstein distance (×10³, PGGAN) between the
     held-out real images and as many EMA samples (`metrics.sliced_wasserstein_distance`)."""
 
@@ -358,14 +354,15 @@ class ImageEvaluator:
 
         step = int(state["step"])
         generator = state["generator"]
-        params, collections = generator["ema_params"], generator["collections"]
+        params, collections = generator["params"], generator["collections"]
         grid = generate(self.sampler, params, collections, self.grid_latents, self.batch_size)
         plots.save_image_grid(grid, self.workdir / "samples" / f"step_{step:07d}.png",
                               side=self.grid_side)
         fakes = generate(self.sampler, params, collections, self.eval_latents,
                          self.batch_size)
         if not np.all(np.isfinite(fakes)):
-            raise FloatingPointError(f"the generator produced non-finite images at step {step}")
+            raise trainer.NonFiniteError(
+                f"the generator produced non-finite images at step {step}")
         swd = gan_metrics.sliced_wasserstein_distance(self.held_out, fakes, key=0)
         metrics = {"swd_avg": swd.pop("swd_avg"), **swd}
         self.latest = (step, metrics)
@@ -394,14 +391,28 @@ def describe(config) -> str:
             f"D:G {config.steps.critic}:{config.steps.generator}")
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskParts:
+    """What differs between mixtures and images: batches, evaluators, curves to plot."""
+
+    batches: trainer.BatchIterator
+    evaluate: Callable
+    evaluate_live: Callable | None
+    curves: tuple[str, ...]
+    data_digest: str
+
+
 def _mixture_task_parts(config, nets, workdir):
     mix = mixture.mixture(config.data.mixture)
     batches = input_pipeline.MixtureBatches(
         mix, config.steps.critic * config.batch_size, seed=config.trainer.seed)
     print(f"data: {mix.name} mixture ({mix.num_modes} modes, std {mix.std:g}), "
           f"{config.steps.critic} × {config.batch_size} fresh real points per step", flush=True)
-    return batches, MixtureEvaluator(nets, mix, config, workdir), (
-        "modes_covered", "high_quality")
+    parts = TaskParts(
+        batches=batches, evaluate=MixtureEvaluator(nets, mix, config, workdir),
+        evaluate_live=MixtureEvaluator(nets, mix, config, workdir, plot=False),
+        curves=("modes_covered", "high_quality"), data_digest="")
+    return parts
 
 
 def _image_task_parts(config, nets, workdir):
@@ -426,32 +437,35 @@ def _image_task_parts(config, nets, workdir):
           f"({len(train_images)} train, {len(held_out)} held out for the SWD)", flush=True)
     batches = data_lib.EpochBatches({"real": train_images}, batch_size=per_step,
                                     seed=config.trainer.seed)
-    return batches, ImageEvaluator(nets, held_out, config, workdir), ("swd_avg",)
+    return TaskParts(batches=batches, evaluate=ImageEvaluator(nets, held_out, config, workdir),
+                     evaluate_live=None, curves=("swd_avg",),
+                     data_digest=trainer.array_digest(train_images, held_out))
 
 
 def run(config: ml_collections.ConfigDict, workdir) -> dict[str, float]:
     """Trains (or resumes) the configured GAN in `workdir` and evaluates it.
 
     Writes samples/step_*.png (grids or scatter plots, every `trainer.eval_every` steps and
-    at the end), training_curves.png, summary.json and the trainer's files.
+    at the end), training_curves.png, the figures into summary.json's "results", and the
+    trainer's files.
 
     Returns:
       The final evaluation, headline first: {"modes_covered", "high_quality",
-      "raw_modes_covered", "raw_high_quality"} for mixtures, {"swd_avg", "swd_R", ...} for
-      images; plus "step". After a SIGTERM the run stops at the saved step and returns the
-      latest evaluation, if any, without writing summary.json.
+      "live_modes_covered", "live_high_quality"} for mixtures (the live generator's with an
+      EMA on), {"swd_avg", "swd_R", ...} for images; plus "step".
 
     Raises:
       ConfigError: an invalid config value, before anything is read or traced.
       experiments.data.RecordError: an empty folder or an undecodable image (by path).
+      experiments.errors.Preempted: after SIGTERM/SIGINT, once the state is saved.
     """
     config_lib.validate(config)
     workdir = pathlib.Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     nets = build_nets(config)
     optimizers = make_optimizers(config)
-    parts = _mixture_task_parts if config.data.kind == "mixture" else _image_task_parts
-    batches, evaluator, eval_curves = parts(config, nets, workdir)
+    make_parts = _mixture_task_parts if config.data.kind == "mixture" else _image_task_parts
+    parts = make_parts(config, nets, workdir)
     label = describe(config)
     print(f"method: {label}", flush=True)
     task = trainer.Task(
@@ -459,18 +473,20 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict[str, float]:
         train_step=make_train_step(
             nets, optimizers, gan_losses.get_gan_loss(config.loss), make_penalty(config.penalty),
             critic_steps=config.steps.critic, generator_steps=config.steps.generator,
-            ema_decay=config.ema_decay),
-        batches=batches, evaluate=evaluator)
+            compute_dtype=trainer.compute_dtype(config.trainer)),
+        batches=parts.batches, evaluate=parts.evaluate, evaluate_live=parts.evaluate_live,
+        params_path=("generator", "params"),
+        fingerprint={"config": trainer.config_fingerprint(
+                         config, ignore=("data.path", "data.cache_dir", "data.skip_bad",
+                                         "samples")),
+                     "images": parts.data_digest})
     result = trainer.train(task, config.trainer, workdir)
-    if result.step < config.trainer.num_steps:  # SIGTERM: the trainer saved and stopped
-        print(f"stopped at step {result.step} of {config.trainer.num_steps}; rerun the same "
-              "command to resume", flush=True)
-        return dict(evaluator.latest[1]) if evaluator.latest else {}
-    if evaluator.latest is None or evaluator.latest[0] != result.step:
-        evaluator(result.state)  # a resumed run that had nothing left to train
+    final = dict(result.last_eval)
+    if not final:  # a finished run rerun: nothing trained, nothing evaluated
+        final = parts.evaluate(result.state)
     plots.plot_training_curves(workdir / "metrics.jsonl", workdir / "training_curves.png",
-                               title=label, eval_metrics=eval_curves)
-    summary = {**evaluator.latest[1], "step": float(result.step)}
-    (workdir / "summary.json").write_text(json.dumps({**summary, "method": label}) + "\n")
-    print(json.dumps(summary), flush=True)
+                               title=label, eval_metrics=parts.curves)
+    summary = {**final, "step": float(result.step)}
+    trainer.update_summary(workdir, results=summary, method=label)
+    print(json.dumps(summary, allow_nan=False), flush=True)
     return summary

@@ -6,14 +6,13 @@ import json
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import PIL.Image
 import pytest
 
 import launch
-from experiments import configs, data, gan
+from experiments import configs, data, gan, trainer
 from experiments.configs import ConfigError
 from experiments.gan import config as config_lib
 from experiments.gan import input_pipeline, mixture, plots
@@ -38,7 +37,7 @@ def _parts(config):
     step = gan_train.make_train_step(
         nets, optimizers, gan_losses.get_gan_loss(config.loss),
         gan_train.make_penalty(config.penalty), critic_steps=config.steps.critic,
-        generator_steps=config.steps.generator, ema_decay=config.ema_decay)
+        generator_steps=config.steps.generator)
     init = gan_train.make_init_state(nets, optimizers, config.batch_size)
     return nets, step, init
 
@@ -195,30 +194,23 @@ def test_a_batch_that_does_not_split_into_the_critic_steps_is_refused():
         jax.eval_shape(step, state, batch, jax.random.PRNGKey(1))
 
 
-def test_ema_update_and_warm_up_on_hand_values():
-    ema = gan_train.ema_update({"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([3.0, 6.0])}, 0.75)
-    np.testing.assert_allclose(ema["w"], [0.75 * 1 + 0.25 * 3, 0.75 * 2 + 0.25 * 6])
-    # TensorFlow's num_updates warm-up: min(decay, (1 + t)/(10 + t)).
-    np.testing.assert_allclose(gan_train.ema_decay_at(0.999, 0), 0.1)
-    np.testing.assert_allclose(gan_train.ema_decay_at(0.999, 90), 91 / 100)
-    np.testing.assert_allclose(gan_train.ema_decay_at(0.999, 10 ** 6), 0.999)
-    np.testing.assert_allclose(gan_train.ema_decay_at(0.05, 0), 0.05)
-
-
-@pytest.mark.parametrize("decay, effective", [
-    (0.999, 0.1),                                   # the warm-up's first value
-    pytest.param(0.05, 0.05, marks=pytest.mark.slow),
-    pytest.param(0.0, 0.0, marks=pytest.mark.slow),
-])
-def test_the_step_moves_the_ema_by_the_formula(decay, effective):
-    before, after, _ = _one_step(_config("wgan_div", "loss=wasserstein", "penalty.kind=wgan_div",
-                                         f"ema_decay={decay}"))
-    start = before["generator"]["ema_params"]     # = the initial generator params
-    new = after["generator"]["params"]
-    expected = jax.tree.map(lambda e, p: effective * e + (1 - effective) * p, start, new)
-    for got, want in zip(jax.tree.leaves(after["generator"]["ema_params"]),
-                         jax.tree.leaves(expected)):
-        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+def test_the_trainer_keeps_the_ema_of_the_generator_and_evaluates_with_it(tmp_path):
+    """With trainer.ema_decay on, the checkpoint holds the EMA of generator.params, and
+    the live generator is scored as live_* on mixtures."""
+    workdir = tmp_path / "run"
+    assert launch.main(["gan:smoke", "--workdir", str(workdir), "--config.trainer.num_steps=4",
+                        "--config.trainer.eval_every=4", "--config.trainer.ema_decay=0.5"]) == 0
+    nets, _, init = _parts(gan.get_config("smoke"))
+    template = jax.eval_shape(init, jax.random.PRNGKey(0))
+    ema = trainer.load_state(workdir, template, params_path=("generator", "params"))
+    live = trainer.load_state(workdir, template, ema=False,
+                              params_path=("generator", "params"))
+    for e, p in zip(jax.tree.leaves(ema["generator"]["params"]),
+                    jax.tree.leaves(live["generator"]["params"])):
+        assert e.shape == p.shape and not np.array_equal(e, p)
+    final = json.loads((workdir / "summary.json").read_text())["final"]
+    assert {"modes_covered", "live_modes_covered", "high_quality", "live_high_quality"} <= set(
+        final)
 
 
 # ----------------------------------------------------------------------------------------

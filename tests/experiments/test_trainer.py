@@ -48,7 +48,8 @@ def test_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path):
     # A fresh task (fresh iterator) must pick up the data position from the checkpoint.
     resumed = trainer.train(make_task(), _config(), tmp_path / "resumed")
     assert resumed.step == 40
-    for a, b in zip(jax.tree.leaves(_params(straight.state)), jax.tree.leaves(_params(resumed.state))):
+    for a, b in zip(jax.tree.leaves(_params(straight.state)),
+                    jax.tree.leaves(_params(resumed.state))):
         np.testing.assert_array_equal(a, b)
 
 
@@ -181,10 +182,10 @@ def test_a_second_run_in_the_same_workdir_stops_at_once(tmp_path):
 
 
 def test_a_stale_lock_from_a_killed_run_is_taken_over(tmp_path):
-    script = ("import sys, os; sys.path.insert(0, %r); from experiments import trainer; "
-              "import pathlib; lock = trainer.WorkdirLock(pathlib.Path(%r)).__enter__(); "
-              "os.kill(os.getpid(), 9)") % (str(pathlib.Path(__file__).parents[2]),
-                                            str(tmp_path))
+    root = str(pathlib.Path(__file__).parents[2])
+    script = (f"import sys, os; sys.path.insert(0, {root!r}); from experiments import trainer; "
+              f"import pathlib; lock = trainer.WorkdirLock(pathlib.Path({str(tmp_path)!r}))"
+              ".__enter__(); os.kill(os.getpid(), 9)")
     subprocess.run([sys.executable, "-c", script], check=False)
     assert "pid" in (tmp_path / ".lock").read_text()  # the killed run's record is left
     assert trainer.train(make_task(), _config(num_steps=10), tmp_path).step == 10
@@ -280,7 +281,7 @@ def test_ema_is_evaluated_and_checkpointed(tmp_path):
     """The EMA follows decay min(d, (1 + t)/(10 + t)) from the initial parameters; evaluation
     sees it, the live parameters are evaluated as live_*, and load_state returns it."""
     task = make_task()
-    task = dataclasses.replace(task, evaluate_live=True)
+    task = dataclasses.replace(task, evaluate_live=task.evaluate)
     config = _config(num_steps=20, ema_decay=0.9, eval_every=20)
     result = trainer.train(task, config, tmp_path)
     # An independent replay of the live trajectory and its EMA.
@@ -293,7 +294,7 @@ def test_ema_is_evaluated_and_checkpointed(tmp_path):
         state, _ = jax.jit(replay.train_step)(state, next(replay.batches),
                                               jax.random.fold_in(step_key, t))
         decay = min(0.9, (1 + t) / (10 + t))
-        ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * np.asarray(p), ema,
+        ema = jax.tree.map(lambda e, p, d=decay: d * e + (1 - d) * np.asarray(p), ema,
                            state["params"])
         states.append(state)
     np.testing.assert_allclose(result.state["params"]["w"], ema["w"], rtol=1e-5)

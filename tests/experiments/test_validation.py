@@ -67,7 +67,7 @@ BAD = {
         ("optimizer.critic.learning_rate=0", "optimizer.critic.learning_rate=0.0"),
         ("optimizer.generator.b2=1.0", "optimizer.generator.b2=1.0"),
         ("optimizer.critic.eps=0", "optimizer.critic.eps=0.0"),
-        ("ema_decay=1.0", "ema_decay=1.0"),
+        ("trainer.ema_decay=1.0", "trainer.ema_decay=1.0"),
         ("batch_size=0", "batch_size=0"),
         ("model.mlp.width=0", "model.mlp.width=0"),
         ("trainer.num_steps=0", "trainer.num_steps=0: must be an integer >= 1"),

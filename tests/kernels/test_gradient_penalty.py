@@ -809,8 +809,7 @@ def test_experiment_critic_update_equals_separate_calls(case):
     optimizers = gan_train.make_optimizers(config)
     step = gan_train.make_train_step(
         nets, optimizers, gan_losses.get_gan_loss(config.loss),
-        gan_train.make_penalty(config.penalty), critic_steps=1, generator_steps=1,
-        ema_decay=config.ema_decay)
+        gan_train.make_penalty(config.penalty), critic_steps=1, generator_steps=1)
     state = jax.jit(gan_train.make_init_state(nets, optimizers, 8))(jax.random.key(0))
     rng = np.random.default_rng(1)
     real = (rng.normal(size=(8, 2)).astype(np.float32) if kind == "mixture"
