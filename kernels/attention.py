@@ -62,6 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels.cpu import band_attention as cpu_band
+from kernels.pallas import band_attention as pallas_band
 
 Array = jax.Array
 
@@ -192,7 +193,7 @@ class Fixed:
 
 
 Pattern = Full | Atrous | Local | Sparse | Strided | Fixed
-IMPLEMENTATIONS = ("auto", "xla", "cpu_kernel")
+IMPLEMENTATIONS = ("auto", "xla", "cpu_kernel", "pallas")
 _PATTERNS = (Full, Atrous, Local, Sparse, Strided, Fixed)
 
 
@@ -385,17 +386,18 @@ def _band_mask(t, *, window: int, block: int, width: int) -> Array:
 
 
 def _dispatch(implementation: str, kernel: Callable, blocked: Callable, q, k, v, key_valid):
-    """``kernel(q, k, v, key_valid)`` (the CPU kernel) or ``blocked(...)`` (XLA).
+    """``kernel(q, k, v, key_valid)`` (the CPU or Pallas kernel) or ``blocked(...)`` (XLA).
 
-    "xla": blocked. "cpu_kernel": kernel. "auto": the kernel when the computation runs on a
-    CPU and the kernel takes the arrays, blocked elsewhere (`jax.lax.platform_dependent`
-    picks the branch when the platform is known, at lowering).
+    "xla": blocked. "cpu_kernel", "pallas": kernel. "auto": the CPU kernel when the
+    computation runs on a CPU and the kernel takes the arrays, blocked elsewhere
+    (`jax.lax.platform_dependent` picks the branch when the platform is known, at lowering).
     """
     if implementation == "xla" or (implementation == "auto"
                                    and cpu_band.unsupported_reason(q, v) is not None):
         return blocked(q, k, v, key_valid)
-    if implementation == "cpu_kernel":
+    if implementation in ("cpu_kernel", "pallas"):
         return kernel(q, k, v, key_valid)
+    # GPU: "auto" stays XLA here until timings show the Pallas kernel faster; then gpu=kernel.
     return jax.lax.platform_dependent(q, k, v, key_valid, cpu=kernel, default=blocked)
 
 
@@ -403,14 +405,14 @@ def _band_attention(q, k, v, key_valid, *, lo: int, hi: int, implementation: str
                     block: int | None = None) -> tuple[Array, Array]:
     """Attention of query i to the keys lo ≤ j − i ≤ hi (lo ≤ 0 ≤ hi).
 
-    By query blocks in XLA (`_blocked_band_attention`) or by the CPU kernel, as
+    By query blocks in XLA (`_blocked_band_attention`) or by the CPU or Pallas kernel, as
     ``implementation`` says (`_dispatch`).
 
     Args:
       q, k, v: [L, *batch, D], [L, *batch, D], [L, *batch, E].
       key_valid: bool [L, *batch', 1].
       lo, hi: the band's offsets.
-      implementation: "xla", "cpu_kernel" or "auto" (static).
+      implementation: "xla", "cpu_kernel", "pallas" or "auto" (static).
       block: the XLA path's query block B; by default `_band_block_size`.
 
     Returns:
@@ -419,13 +421,17 @@ def _band_attention(q, k, v, key_valid, *, lo: int, hi: int, implementation: str
     length = q.shape[0]
     lo, hi = max(lo, 1 - length), min(hi, length - 1)  # offsets beyond the sequence: no key
     return _dispatch(implementation,
-                     functools.partial(_kernel_band_attention, lo=lo, hi=hi),
+                     functools.partial(_kernel_band_attention, lo=lo, hi=hi,
+                                       implementation=implementation),
                      functools.partial(_blocked_band_attention, lo=lo, hi=hi, block=block),
                      q, k, v, key_valid)
 
 
-def _kernel_band_attention(q, k, v, key_valid, *, lo: int, hi: int) -> tuple[Array, Array]:
-    """`_band_attention` by the CPU kernel, on the same sequence-first layout: reshapes only."""
+def _kernel_band_attention(q, k, v, key_valid, *, lo: int, hi: int,
+                           implementation: str = "cpu_kernel") -> tuple[Array, Array]:
+    """`_band_attention` by the CPU kernel (by Pallas for "pallas"), on the same layout."""
+    if implementation == "pallas":
+        return pallas_band.batched_band_attention(q, k, v, key_valid, lo=lo, hi=hi)
     length, batch = q.shape[0], q.shape[1:-1]
     flat = [x.reshape(length, -1, x.shape[-1]) for x in (q, k, v)]  # [L, G, F]
     valid = jnp.broadcast_to(key_valid[..., 0], (length, *batch)).reshape(length, -1)
@@ -568,8 +574,8 @@ def _grouped_dense_attention(q, k, v, key_valid, *, rate: int, causal: bool,
                              implementation: str) -> Array:
     """Dense attention inside each residue group mod ``rate`` (rate 1: the whole sequence).
 
-    In XLA by `_residue_attention`; by the CPU kernel as a band as wide as the groups, on
-    the same residue layout (`_dispatch` chooses).
+    In XLA by `_residue_attention`; by the CPU or Pallas kernel as a band as wide as the
+    groups, on the same residue layout (`_dispatch` chooses).
     """
     allowed = _nonnegative_offset if causal else _any_offset
     blocked = functools.partial(_residue_attention, rate=rate, allowed_offsets=allowed)
@@ -579,11 +585,27 @@ def _grouped_dense_attention(q, k, v, key_valid, *, rate: int, causal: bool,
         grouped = [_to_residue_groups(x, rate) for x in (q, k, v, key_valid)]
         slots = grouped[0].shape[0]
         out, lse = _kernel_band_attention(*grouped, lo=1 - slots,
-                                          hi=0 if causal else slots - 1)
+                                          hi=0 if causal else slots - 1,
+                                          implementation=implementation)
         return (_from_residue_groups(out, length),
                 _from_residue_groups(lse[..., None], length)[..., 0])
 
     return _dispatch(implementation, kernel, blocked, q, k, v, key_valid)[0]
+
+
+def _pallas_residue_band(q, k, v, key_valid, *, rate: int, hi: int | None,
+                         exclude_self: bool = False) -> tuple[Array, Array]:
+    """Pallas: slot offsets slot_j − slot_i ≤ hi (None: any) inside each residue group.
+
+    The strided parts of Sparse and Strided; ``exclude_self`` drops slot offset 0.
+    """
+    length = q.shape[0]
+    grouped = [_to_residue_groups(x, rate) for x in (q, k, v, key_valid)]
+    slots = grouped[0].shape[0]
+    out, lse = pallas_band.batched_band_attention(
+        *grouped, lo=1 - slots, hi=slots - 1 if hi is None else hi, exclude_self=exclude_self)
+    return (_from_residue_groups(out, length),
+            _from_residue_groups(lse[..., None], length)[..., 0])
 
 
 def _full(q, k, v, key_valid, pattern: Full, causal: bool, implementation: str):
@@ -612,8 +634,13 @@ def _sparse(q, k, v, key_valid, pattern: Sparse, causal: bool, implementation: s
     band = _band_attention(q, k, v, key_valid, lo=-near, hi=0 if causal else near,
                            implementation=implementation)
     # Offset 0 (self) is in the band already; every other multiple of the rate is not.
-    far = (lambda o: o > 0) if causal else (lambda o: o != 0)
-    strided = _residue_attention(q, k, v, key_valid, rate=pattern.rate, allowed_offsets=far)
+    if implementation == "pallas":
+        strided = _pallas_residue_band(q, k, v, key_valid, rate=pattern.rate,
+                                       hi=-1 if causal else None, exclude_self=not causal)
+    else:
+        far = (lambda o: o > 0) if causal else (lambda o: o != 0)
+        strided = _residue_attention(q, k, v, key_valid, rate=pattern.rate,
+                                     allowed_offsets=far)
     return _merge([band, strided])
 
 
@@ -622,14 +649,21 @@ def _strided(q, k, v, key_valid, pattern: Strided, causal: bool, implementation:
     band = _band_attention(q, k, v, key_valid, lo=-pattern.stride, hi=0,
                            implementation=implementation)
     # Offsets 0 and stride (slot offsets 0 and 1) are in the band already.
-    strided = _residue_attention(q, k, v, key_valid, rate=pattern.stride,
-                                 allowed_offsets=lambda o: o >= 2)
+    if implementation == "pallas":
+        strided = _pallas_residue_band(q, k, v, key_valid, rate=pattern.stride, hi=-2)
+    else:
+        strided = _residue_attention(q, k, v, key_valid, rate=pattern.stride,
+                                     allowed_offsets=lambda o: o >= 2)
     return _merge([band, strided])
 
 
 def _fixed(q, k, v, key_valid, pattern: Fixed, causal: bool, implementation: str):
-    del causal, implementation  # causal by definition; no band part
-    own_block = _causal_block_attention(q, k, v, key_valid, stride=pattern.stride)
+    del causal  # causal by definition
+    if implementation == "pallas":  # the summary columns below stay XLA: not a band
+        own_block = pallas_band.batched_band_attention(
+            q, k, v, key_valid, lo=1 - pattern.stride, hi=0, segment=pattern.stride)
+    else:
+        own_block = _causal_block_attention(q, k, v, key_valid, stride=pattern.stride)
     summaries = _summary_attention(q, k, v, key_valid, stride=pattern.stride,
                                    summary=pattern.summary)
     return _merge([own_block, summaries])
@@ -647,6 +681,31 @@ def _attention(q, k, v, key_mask, pattern, causal, implementation):
     out = _IMPLEMENTATIONS[type(pattern)](q, k, v, key_valid, pattern,
                                           _is_causal(pattern, causal), implementation)
     return jnp.swapaxes(out, 0, 1).astype(v.dtype)
+
+
+def resolve_implementation(implementation: str, *, platform: str, dtype, head_dim: int
+                           ) -> str:
+    """What ``implementation="auto"`` of `attention` runs for arrays of this kind.
+
+    For configs that show the choice resolved: "cpu_kernel" on a CPU for float32 arrays
+    with head dims the kernel takes, when it could be built; "xla" otherwise. Any other
+    name is returned as it is.
+
+    Args:
+      implementation: one of `IMPLEMENTATIONS`.
+      platform: "cpu", "gpu" or "tpu" (e.g. ``jax.default_backend()``).
+      dtype: the dtype of q and v.
+      head_dim: D (and E).
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, "
+                         f"got {implementation!r}")
+    if implementation != "auto":
+        return implementation
+    if platform != "cpu":
+        return "xla"  # Pallas takes over here once GPU timings say it is faster
+    probe = jax.ShapeDtypeStruct((1, 1, 1, head_dim), dtype)
+    return "cpu_kernel" if cpu_band.unsupported_reason(probe, probe) is None else "xla"
 
 
 def attention(q: Array, k: Array, v: Array, pattern: Pattern, *, causal: bool = False,
@@ -669,7 +728,10 @@ def attention(q: Array, k: Array, v: Array, pattern: Pattern, *, causal: bool = 
         kernel takes the arrays (float32, head dims multiples of 8, a C++ compiler on the
         machine), in XLA elsewhere; "xla" always in XLA; "cpu_kernel" always by the CPU
         kernel (CPU only). The strided parts of `Sparse` and `Strided`, and `Fixed`, are
-        XLA in every case.
+        XLA in these cases. "pallas": every part by the flash-style Pallas kernel
+        `kernels.pallas.band_attention` (Triton on a GPU, interpreted on a CPU: slow, for
+        tests), but `Fixed`'s summary columns, which stay XLA; its float32 matmuls are TF32
+        on a GPU unless called under ``jax.default_matmul_precision("highest")``.
 
     Returns:
       [B, N, H, E] in the dtype of ``v``; zeros for a query with no allowed key.
