@@ -1,6 +1,7 @@
 """GRU sentence encoder over paraphrase groups with margin softmax; open-set FAQ retrieval.
 
-The post: https://kexue.fm/archives/5743; the method in this repository: docs/sentence_similarity.md.
+The post: https://kexue.fm/archives/5743; the method in this repository:
+docs/sentence_similarity.md.
 """
 
 from experiments.sentence_similarity.config import get_config

@@ -17,8 +17,7 @@ from flax import traverse_util
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from experiments.gan import inception
-from experiments.gan import metrics
+from experiments.gan import inception, metrics
 
 # ---------------------------------------------------------------------------------------
 # Fréchet distance

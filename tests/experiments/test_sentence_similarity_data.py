@@ -90,7 +90,8 @@ def test_pair_file_reader_and_bad_label(tmp_path):
     path = _write(tmp_path / "lcqmc.tsv", "开初婚未育证明怎么弄？\t初婚未育情况证明怎么开？\t1\n"
                                           "a\tb\t0\n")
     pairs, _ = input_pipeline.read_pair_file(path)
-    assert pairs == [("开初婚未育证明怎么弄？", "初婚未育情况证明怎么开？", True), ("a", "b", False)]
+    assert pairs == [("开初婚未育证明怎么弄？", "初婚未育情况证明怎么开？", True),
+                     ("a", "b", False)]
     bad = _write(tmp_path / "bad.tsv", "a\tb\t1\nc\td\tmaybe\n")
     with pytest.raises(data.RecordError, match=r"bad.tsv:2: field 'label': unknown label"):
         input_pipeline.read_pair_file(bad)
@@ -186,6 +187,7 @@ def test_tfidf_matrix_hand_computed():
 
 def test_sparse_nearest_neighbours_match_dense_search():
     import scipy.sparse
+
     from experiments.sentence_similarity import baseline
     rng = np.random.default_rng(2)
     dense = rng.random((40, 30)) * (rng.random((40, 30)) < 0.3)

@@ -42,8 +42,8 @@ def test_smoke_run_writes_everything_and_learns(tmp_path, capsys):
     for name in ("config.json", "metrics.jsonl", "best.json", "vocab.json", "threshold.json"):
         assert (workdir / name).exists(), name
     assert json.loads((workdir / "config.json").read_text())["trainer"]["num_steps"] == 60
-    lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-    losses = [l["loss"] for l in lines if l["split"] == "train"]
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in rows if row["split"] == "train"]
     assert losses[-1] < losses[0]
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(summary) >= {"top1", "top5", "top10", "map_at_r"}

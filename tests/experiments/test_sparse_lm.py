@@ -84,7 +84,7 @@ def test_read_text_strips_the_bom_and_keeps_newlines(tmp_path):
     path = tmp_path / "hlm.txt"
     path.write_bytes("\ufeff第一回\r\n甄士隐\n".encode("utf-8"))
     assert input_pipeline.read_text(path) == "第一回\r\n甄士隐\n"
-    path.write_bytes("第一回\n\t甄士隐".encode("utf-8"))   # no final newline, a tab
+    path.write_bytes("第一回\n\t甄士隐".encode())   # no final newline, a tab
     assert input_pipeline.read_text(path) == "第一回\n\t甄士隐"
 
 
