@@ -20,7 +20,7 @@ import types
 from experiments.configs import ConfigError
 
 # The experiments that have landed, in the order `python launch.py` lists them.
-EXPERIMENTS = ("sentence_similarity", "gan", "sparse_lm")
+EXPERIMENTS = ("sentence_similarity", "gan", "sparse_lm", "entity_linking")
 
 
 def load(name: str) -> types.ModuleType:
