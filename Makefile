@@ -10,6 +10,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,bench]'
+	# Without its dependencies: transformers requires Hugging Face's `kernels` package, whose
+	# name would shadow this repository's kernels/ (setup.cfg's [bench] lists the others).
+	$(PY) -m pip install --quiet --no-deps 'transformers>=5,<6'
 	touch $(STAMP)
 
 demo: $(STAMP)
