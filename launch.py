@@ -20,7 +20,7 @@ import pathlib
 import sys
 import traceback
 
-# Offline by construction (DESIGN.md, Data): nothing is fetched from a hub at run time.
+# Offline by construction (docs/index.md §5 item 1): nothing is fetched from a hub at run time.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -112,7 +112,7 @@ def run_experiment(spec: str, argv) -> dict:
     explicit = configs.apply_overrides(config, overrides)
     config_module.validate(config)
     workdir = args.workdir or pathlib.Path("runs") / (name + (f"-{variant}" if variant else ""))
-    workdir = workdir.resolve()  # orbax rejects relative paths (NOTES.md pitfall 3)
+    workdir = workdir.resolve()  # orbax rejects relative paths (docs/index.md §5 item 2)
     training = configs.is_training(config)
     if training:
         _prepare_training_workdir(workdir)
@@ -123,7 +123,7 @@ def run_experiment(spec: str, argv) -> dict:
     if args.distributed or args.coordinator:
         import jax
         if args.coordinator and args.coordinator.startswith(("127.", "localhost")):
-            # Several processes on one machine (tests, NOTES.md #8): CPU collectives via gloo.
+            # Several processes on one machine (docs/index.md §5 item 3): CPU collectives via gloo.
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=args.coordinator,
                                    num_processes=args.num_processes,

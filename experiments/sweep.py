@@ -4,10 +4,11 @@
         --axis loss.kind=softmax,am --axis model.final_state=last_step,masked \
         --seeds 0,1 --set trainer.num_steps=200 --out runs/sweep_losses/table.md
 
-A `Cell` is one row of a table: an experiment spec ("gan:demo"), its `--config.` overrides
-and optionally several seeds. `run_sweep` trains each seed of each cell in ROOT/NAME (or
-ROOT/NAME-seedS) with the same command `python launch.py SPEC --workdir DIR --config.K=V ...`
-would run, and reads back its `summary.json` (written by `experiments/trainer.py`):
+A `Cell` is one row of a table: an experiment (`EXPERIMENT[:VARIANT]`, e.g. "gan:demo"), its
+`--config.` overrides and optionally several seeds. `run_sweep` trains each seed of each cell
+in ROOT/NAME (or ROOT/NAME-seedS) as `python launch.py EXPERIMENT[:VARIANT] --workdir DIR
+--config.K=V ...` would run it, and reads back its `summary.json` (written by
+`experiments/trainer.py`):
 
 * a workdir whose config.json is the cell's config and whose summary.json is at the config's
   last step is finished: it is reused, not trained again, and the sweep says so;
@@ -142,7 +143,7 @@ def grid(spec: str, base_overrides: Sequence[str] = (),
 
 
 def resolve_config(spec: str, overrides: Sequence[str]):
-    """The config `launch.py SPEC --config.OVERRIDE ...` runs with, validated.
+    """The config `launch.py NAME[:VARIANT] --config.OVERRIDE ...` runs with, validated.
 
     Raises:
       experiments.configs.ConfigError: an unknown experiment, key or bad value.
@@ -235,7 +236,7 @@ def _show(value) -> str:
 
 
 def run_in_process(spec: str, argv: Sequence[str]) -> Any:
-    """Runs one training run in this process, as `python launch.py SPEC ARGV...` would."""
+    """Runs one training run in this process, as `python launch.py NAME[:VARIANT] ARGV...` would."""
     return launch.run_experiment(spec, list(argv))
 
 

@@ -7,32 +7,32 @@ respect to its input, so taking ``jax.grad`` of a penalty with respect to the cr
 parameters is a double backward pass.
 
 Gradients are those of the *sum* of the batch's scores, ∇ₓ Σ_b T(x)_b, as in the seed
-(SPEC §2.3): with batch norm in training mode a sample's score depends on the whole batch,
-and these cross-sample terms are kept. ``gradient_norms(..., per_sample=True)`` gives each
-sample's own gradient instead.
+(docs/wgan_div.md §2.2): with batch norm in training mode a sample's score depends on the
+whole batch, and these cross-sample terms are kept. ``gradient_norms(..., per_sample=True)``
+gives each sample's own gradient instead.
 
-Every norm runs over all non-batch axes (all pixels and channels, SPEC §2.3). Squared
+Every norm runs over all non-batch axes (all pixels and channels, docs/wgan_div.md §2.2). Squared
 norms are accumulated in at least float32 whatever the input dtype, so bfloat16 batches
 give float32 penalties. Penalties are invariant under the critic's sign, so they pair with
 any sign convention of ``kernels.gan_losses``.
 
-The r(x) sampling strategies of the WGAN-div paper (SPEC §2.2) are:
+The r(x) sampling strategies of the WGAN-div paper (docs/wgan_div.md §2.3) are:
 
 - ``real_fake_interpolation``: x̂ᵢ = x_fakeᵢ + tᵢ (x_realᵢ − x_fakeᵢ), tᵢ ~ U(0, 1);
-  the WGAN-GP points, and the official WGAN-div code's choice (SPEC §2.4).
+  the WGAN-GP points, and the official WGAN-div code's choice (docs/wgan_div.md §4.1).
 - ``real_real_and_fake_fake_interpolation``: each real sample interpolated with another
   real sample, each fake sample with another fake sample; weight ½ each.
 - ``mixed_pairs_interpolation``: the 2·batch real and fake samples shuffled together and
   split into batch random pairs (each sample used once), each pair interpolated.
 - ``real_and_fake``: the raw real and fake batches, weight ½ each, no interpolation;
-  the seed's choice (SPEC §2.3).
+  the seed's choice (docs/wgan_div.md §2.3).
 - ``fake``: the fake batch only.
 - ``real``: the real batch only.
 
 Strategies that return two populations (``real_and_fake``,
 ``real_real_and_fake_fake_interpolation``) call the critic once per population, as the
 seed calls its critic separately on real and fake batches so that batch norm normalises
-each with its own statistics (SPEC §0.1, §2.3).
+each with its own statistics (docs/index.md §2 item 3, docs/wgan_div.md §2.3).
 
 A critic step needs the scores of the real and the fake batch as well as the penalty.
 `critic_scores_and_penalty` gives all three for a `Penalty` (the static settings of one of
@@ -180,7 +180,7 @@ def _norm_power(squared_norms: jax.Array, p: float) -> jax.Array:
 def gradient_norms(critic: Critic, x: jax.Array, *, per_sample: bool = False) -> jax.Array:
     """Per-sample norms of the critic's input gradient.
 
-    With ``per_sample=False`` (the seed's definition, SPEC §2.3) the gradient is
+    With ``per_sample=False`` (the seed's definition, docs/wgan_div.md §2.2) the gradient is
     ∇ₓ Σ_b critic(x)_b, so for a critic with batch norm in training mode each row also
     carries the other samples' influence through the batch statistics. With
     ``per_sample=True`` each sample is run through the critic alone, as a batch of one,
@@ -255,7 +255,7 @@ def _penalty_batches(
 def penalty_points(
     x_real: jax.Array, x_fake: jax.Array, strategy: str, key: jax.Array | None
 ) -> jax.Array:
-    """The points r(x) on which a penalty evaluates the critic (SPEC §2.2).
+    """The points r(x) on which a penalty evaluates the critic (docs/wgan_div.md §2.3).
 
     Args:
       x_real: (batch, ...) real samples.
@@ -317,13 +317,13 @@ def wgan_div_penalty(
     strategy: str = "real_and_fake",
     key: jax.Array | None = None,
 ) -> jax.Array:
-    """The Wasserstein-divergence penalty k·E_{x∼r}[‖∇ₓT(x)‖^p] (SPEC §2.1).
+    """The Wasserstein-divergence penalty k·E_{x∼r}[‖∇ₓT(x)‖^p] (docs/wgan_div.md §1.2).
 
     The critic minimises (in the seed's sign convention) E_real[T] − E_fake[T] + this
     penalty. The defaults k = 2, p = 6 and ``strategy="real_and_fake"`` are the seed's
-    (SPEC §2.3): k·½·[mean_i ‖∇T(x_real)_i‖^p + mean_i ‖∇T(x_fake)_i‖^p], with the critic
-    called once on the real batch and once on the fake batch. The official code uses
-    ``real_fake_interpolation`` and k = 10 (SPEC §2.4).
+    (docs/wgan_div.md §2.2): k·½·[mean_i ‖∇T(x_real)_i‖^p + mean_i ‖∇T(x_fake)_i‖^p], with
+    the critic called once on the real batch and once on the fake batch. The official code
+    uses ``real_fake_interpolation`` and k = 10 (docs/wgan_div.md §4.1).
 
     ‖g‖^p is computed as (Σ g²)^{p/2} in float32, never as a square root raised to p: the
     value and its gradient are finite at a zero input gradient (a constant critic).
@@ -347,9 +347,10 @@ def wgan_div_penalty(
     k = _static_float("k", k)
     p = _static_float("p", p)
     if p <= 1:
-        raise ValueError(f"p must be > 1 for W_k,p to be a divergence (SPEC §2.1), got {p}")
+        raise ValueError(f"p must be > 1 for W_k,p to be a divergence "
+                         f"(docs/wgan_div.md §1.2), got {p}")
     if k <= 0:
-        raise ValueError(f"k must be > 0 (SPEC §2.1), got {k}")
+        raise ValueError(f"k must be > 0 (docs/wgan_div.md §1.2), got {k}")
     _check_pair(x_real, x_fake)
     _check_strategy(strategy, key)
     batches = _penalty_batches(jnp.asarray(x_real), jnp.asarray(x_fake), strategy, key)
@@ -368,10 +369,10 @@ def wgan_gp_penalty(
 ) -> jax.Array:
     """The WGAN-GP penalty λ·E_{x̂}[(‖∇ₓT(x̂)‖ − center)²] (Gulrajani et al. 2017).
 
-    The seed (SPEC §2.5) uses λ = 10, center 1, uniform real–fake interpolates, and
-    sqrt(Σ g² + 1e-9) for the norm. Here the norm is the exact sqrt(Σ g²) with its zero
-    point guarded by a double `where`, so it has no 1e-9 bias (the seed's norm is off by at
-    most 3.2e-5) and still a finite gradient (0) at a zero input gradient.
+    The seed (docs/wgan_div.md §2.2, §4.1) uses λ = 10, center 1, uniform real–fake
+    interpolates, and sqrt(Σ g² + 1e-9) for the norm. Here the norm is the exact sqrt(Σ g²)
+    with its zero point guarded by a double `where`, so it has no 1e-9 bias (the seed's norm
+    is off by at most 3.2e-5) and still a finite gradient (0) at a zero input gradient.
 
     Args:
       critic: maps (batch, ...) inputs to (batch,) scores.
@@ -381,7 +382,7 @@ def wgan_gp_penalty(
       weight: λ ≥ 0.
       center: the target norm; 1 for WGAN-GP, 0 for a zero-centred penalty.
       strategy: r(x), one of ``STRATEGIES``; the seed and WGAN-GP use the default. The
-        WGAN-div paper compares WGAN-GP across all six (SPEC §2.2).
+        WGAN-div paper compares WGAN-GP across all six (docs/wgan_div.md §1.3).
 
     Returns:
       A scalar, float32 (float64 for float64 inputs).
@@ -451,7 +452,7 @@ class Penalty:
 
     Attributes:
       kind: one of ``PENALTY_KINDS``.
-      k, p: the W-div weight (> 0) and power (> 1), kind "wgan_div" (SPEC §2.1–§2.3).
+      k, p: the W-div weight (> 0) and power (> 1), kind "wgan_div" (docs/wgan_div.md §2.2).
       weight: λ ≥ 0 of "wgan_gp", γ ≥ 0 of "r1" and "r2".
       center: the target norm of "wgan_gp".
       strategy: r(x) of "wgan_div" and "wgan_gp", one of ``STRATEGIES``.
@@ -476,10 +477,10 @@ class Penalty:
                              f"{STRATEGIES}")
         if self.kind == "wgan_div":
             if _static_float("p", self.p) <= 1:
-                raise ValueError(f"p must be > 1 for W_k,p to be a divergence (SPEC §2.1), "
-                                 f"got {self.p}")
+                raise ValueError(f"p must be > 1 for W_k,p to be a divergence "
+                                 f"(docs/wgan_div.md §1.2), got {self.p}")
             if _static_float("k", self.k) <= 0:
-                raise ValueError(f"k must be > 0 (SPEC §2.1), got {self.k}")
+                raise ValueError(f"k must be > 0 (docs/wgan_div.md §1.2), got {self.k}")
         if self.kind in ("wgan_gp", "r1", "r2"):
             _check_weight(self.weight)
         if self.kind == "wgan_gp":
@@ -589,7 +590,7 @@ def critic_scores_and_penalty(
 
     The critic scores x_real with ``state`` and then x_fake with the state the real call
     returned, each batch in its own call (batch norm normalises each with its own
-    statistics, SPEC §0.1, §2.3). With ``share_forward`` a population of penalty points
+    statistics, docs/index.md §2 item 3). With ``share_forward`` a population of penalty points
     that is one of these batches (``Penalty.raw_batches``) takes ∇ₓ Σ_b T(x)_b from the
     pullback of the call that scored it, so a penalised critic step runs one forward pass
     per batch, as PyTorch's ``autograd.grad`` on the scores and the seed's ``K.gradients``

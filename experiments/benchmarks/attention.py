@@ -1,13 +1,14 @@
-"""Sparse attention patterns against full attention, dense masks and FlexAttention (issue 5).
+"""Sparse attention patterns against full attention, dense masks and FlexAttention.
 
-Issue 5, item 6: for each pattern of `kernels.attention` (SPEC §4.2, §4.5) the forward pass
-and the forward+backward pass (gradient of the sum of the outputs with respect to q, k and v)
-on float32 (batch 1, 8 heads × 64) arrays of length n = 1k … 32k, against:
+The targets are those of docs/sparse_attention.md §8. For each pattern of
+`kernels.attention` (docs/sparse_attention.md §1.2, §1.3) the forward pass and the
+forward+backward pass (gradient of the sum of the outputs with respect to q, k and v) on
+float32 (batch 1, 8 heads × 64) arrays of length n = 1k … 32k, against:
 
 * (a) `jax.nn.dot_product_attention` over the full sequence, every group's baseline;
 * (b) the same pattern as a dense (n, n) boolean mask passed to `jax.nn.dot_product_attention`;
 * (c) PyTorch FlexAttention (`flex_attention` with the pattern's `mask_mod` and its block
-  mask, under `torch.compile`), forward only: it has no CPU backward (NOTES pitfall 7).
+  mask, under `torch.compile`), forward only: it has no CPU backward (docs/sparse_attention.md §8).
 
 "efficient" is `kernels.attention.attention` as a user gets it: on CPU, Atrous's dense
 residue groups, Local's band and the local parts of Sparse and Strided run in the C++ kernel
@@ -25,10 +26,10 @@ not counted. A 4096² float32 matmul measured in the same run (at its start and 
 the machine's reference GFLOP/s.
 
 Memory: XLA's compiled temp bytes per row. A dense path needs (H, n, n) float32 logits,
-n²·4·H bytes; no array of an efficient path may be that large (issue 5: no n×n buffer).
+n²·4·H bytes; no array of an efficient path may be that large (the target: no n×n buffer).
 Before a dense row runs, its compiled memory analysis is read and the row is skipped, with a
-note, when it would need more than `MEMORY_BUDGET_BYTES` (NOTES pitfall 6: full fwd+bwd
-needs about 8 GiB at n = 8192, 32 GiB at 16384). The efficient paths are linear in n apart
+note, when it would need more than `MEMORY_BUDGET_BYTES` (docs/sparse_attention.md §8: full
+fwd+bwd needs about 8 GiB at n = 8192, 32 GiB at 16384). The efficient paths are linear in n apart
 from Atrous's (n/r)² per residue group, chunked by the kernel.
 
 Scope, for run time on a shared 2-core machine (`in_scope`; notes say what was left out):
@@ -57,7 +58,7 @@ from experiments.benchmarks import harness
 from kernels import attention
 from kernels.cpu import band_attention as cpu_band
 
-HEADS, HEAD_DIM = 8, 64                 # issue 5 "Targets": batch 1, 8 heads × 64
+HEADS, HEAD_DIM = 8, 64                 # the targets' size: batch 1, 8 heads × 64
 QUICK_HEADS, QUICK_HEAD_DIM = 2, 16
 FULL_LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768)
 # Quick: long enough that Local(64)'s band (a 192-key window) is well under n, so that "no n×n
@@ -75,7 +76,7 @@ FWD, FWD_BWD = "fwd", "fwd+bwd"
 MEMORY_BUDGET_BYTES = 12 << 30
 # Scope of the slow comparators on the full run (`in_scope`): each dense row is a quadratic
 # pass, and a dense mask costs what (a) costs at every length (it skips no work).
-FULL_FWD_BWD_MAX_LENGTH = 8192          # (a) fwd+bwd: 17 s a call at 8192 (NOTES), 1 repeat
+FULL_FWD_BWD_MAX_LENGTH = 8192          # (a) fwd+bwd: about 17 s a call at 8192, 1 repeat
 MASK_FWD_MAX_LENGTH = 4096              # (b) forward, all patterns
 MASK_FWD_BWD_MAX_LENGTH = 2048          # (b) fwd+bwd, all patterns
 MASK_LOCAL_MAX_LENGTH = 8192            # (b) for Local, both passes (its target is at 8192)
@@ -84,10 +85,10 @@ FLEX_MIN_LENGTH = 4096                  # (c): the target is at n ≥ 4096; 15-3
 # except at `TARGET_LENGTH`, where the targets need every row.
 MAX_CALL_S = {"dense": 60.0, "mask": 60.0, "flex": 30.0, "efficient": 120.0, "xla": 120.0}
 ROW_SECONDS = 20.0                      # aim for about this much timed work per row
-TARGET_LENGTH = 8192                    # where the issue's speed-up targets are stated
+TARGET_LENGTH = 8192                    # where the speed-up targets are stated
 LOCAL_FIT_MIN_LENGTH = 2048             # Local's exponent is fitted over 2k–32k
 
-# Issue 5 "Targets".
+# The targets of docs/sparse_attention.md §8.
 TARGET_ATROUS_SPEEDUP = 15.0
 TARGET_LOCAL_SPEEDUP = 40.0
 TARGET_SPARSE_SPEEDUP = 8.0
@@ -124,7 +125,10 @@ def label(pattern: attention.Pattern) -> str:
 
 
 def _allowed_offsets(pattern: attention.Pattern, offsets: np.ndarray) -> np.ndarray:
-    """Bool mask over offsets o = i − j of a translation-invariant pattern (DESIGN.md)."""
+    """Bool mask over offsets o = i − j of a translation-invariant pattern.
+
+    The index sets are those of docs/sparse_attention.md §2.
+    """
     o = offsets
     if isinstance(pattern, attention.Full):
         return np.ones(o.shape, bool)
@@ -143,9 +147,10 @@ def _allowed_offsets(pattern: attention.Pattern, offsets: np.ndarray) -> np.ndar
 def allowed_pairs(pattern: attention.Pattern, length: int) -> int:
     """Number of (query, key) pairs the pattern allows in a sequence of ``length`` (exact).
 
-    Closed forms from the index sets (DESIGN.md), in O(n): a translation-invariant pattern
-    allows n − |o| pairs at each allowed offset o; Fixed(l, c) gives query i its own block up
-    to itself (i mod l + 1 keys) and the c summary columns of each of its ⌊i/l⌋ earlier blocks.
+    Closed forms from the index sets (docs/sparse_attention.md §2), in O(n): a
+    translation-invariant pattern allows n − |o| pairs at each allowed offset o; Fixed(l, c)
+    gives query i its own block up to itself (i mod l + 1 keys) and the c summary columns of
+    each of its ⌊i/l⌋ earlier blocks.
 
     Raises:
       ValueError: if ``length`` < 1.
@@ -336,7 +341,8 @@ def run(report: harness.Report, quick: bool = False, *,
     report.note(f"CPU float32, batch 1, {state.heads} heads × {state.head_dim}; useful FLOPs "
                 "count only allowed pairs: 4·pairs·D·H forward, 3× that forward+backward; "
                 "Sparse, Strided and Fixed use r = round(√n); Strided and Fixed are causal by "
-                "definition (SPEC §4.5), the others and the full baseline (a) bidirectional")
+                "definition (docs/sparse_attention.md §1.3), the others and the full "
+                "baseline (a) bidirectional")
     _time_matmul(state)
     for length in state.lengths:
         _run_length(state, length)

@@ -1,12 +1,13 @@
 """WGAN-div critic step: the penalty's double-backward cost over the plain step, JAX vs PyTorch.
 
-What is timed (CPU, float32, one process): one update of the seed's critic (SPEC §2.3), i.e.
-the DCGAN critic of `models.dcgan` with batch norm in training mode, the real and the fake
-batch through it in separate calls, the loss E[T(fake)] − E[T(real)] (`kernels.gan_losses`)
-plus, for the penalised step, the W-div penalty k·½·(E_real‖∇ₓT‖^p + E_fake‖∇ₓT‖^p) with
-k = 2, p = 6 (strategy ``real_and_fake``), then Adam(2e-4, β1 0.5, β2 0.999, ε 1e-7: SPEC
-§2.3, Keras's ε of SPEC §0.1). The full size is the §2.4/§2.5 one, 64×64 at batch 64;
-``quick`` is 32×32 at batch 8.
+What is timed (CPU, float32, one process): one update of the seed's critic
+(docs/wgan_div.md §3.1), i.e. the DCGAN critic of `models.dcgan` with batch norm in training
+mode, the real and the fake batch through it in separate calls, the loss
+E[T(fake)] − E[T(real)] (`kernels.gan_losses`) plus, for the penalised step, the W-div
+penalty k·½·(E_real‖∇ₓT‖^p + E_fake‖∇ₓT‖^p) with k = 2, p = 6 (strategy ``real_and_fake``),
+then Adam(2e-4, β1 0.5, β2 0.999, ε 1e-7: the seed's, docs/wgan_div.md §4.1, with Keras's ε,
+docs/index.md §2 item 5). The full size is that of the paper code and the baselines, 64×64
+at batch 64; ``quick`` is 32×32 at batch 8.
 
 The JAX loss is the GAN experiment's: `kernels.gradient_penalty.critic_scores_and_penalty`,
 which `experiments/gan/train.py` calls in its critic update. Its two settings are timed:
@@ -57,17 +58,18 @@ from kernels import conv as conv_lib
 from kernels import gan_losses, gradient_penalty
 from models import dcgan
 
-K, P = 2.0, 6.0                            # SPEC §2.2–§2.3: the seed's W-div k and p
-LEARNING_RATE, BETA1, BETA2 = 2e-4, 0.5, 0.999  # SPEC §2.3
-ADAM_EPS = 1e-7                            # Keras's Adam ε (SPEC §0.1)
-KERAS_BN_EPS, KERAS_BN_MOMENTUM = 1e-3, 0.99    # SPEC §0.1; PyTorch's momentum is 1 − 0.99
-NEGATIVE_SLOPE = 0.2                       # SPEC §2.3: LeakyReLU(0.2) in the W-div critic
+K, P = 2.0, 6.0                            # the seed's W-div k and p (docs/wgan_div.md §2.2)
+LEARNING_RATE, BETA1, BETA2 = 2e-4, 0.5, 0.999  # the seed's (docs/wgan_div.md §4.1)
+ADAM_EPS = 1e-7                            # Keras's Adam ε (docs/index.md §2 item 5)
+# Keras's BN (docs/index.md §2 item 3); PyTorch's momentum is 1 − 0.99.
+KERAS_BN_EPS, KERAS_BN_MOMENTUM = 1e-3, 0.99
+NEGATIVE_SLOPE = 0.2                       # the W-div critic's (docs/wgan_div.md §3.1)
 
 CONVS = ("xla", "patch_matmul")
 # None: the plain step; the penalised step with the penalty's own forward passes, or sharing
 # the scoring passes (`critic_scores_and_penalty`'s share_forward).
 PENALTIES = (None, "separate_forward", "shared_forward")
-# The penalised / plain step time the issue asks for (PyTorch users report about 5×).
+# The target penalised / plain step time (docs/wgan_div.md §8; PyTorch users report about 5×).
 TARGET_PENALTY_OVERHEAD = 3.0
 
 
@@ -76,7 +78,7 @@ class Size(NamedTuple):
     batch: int
 
 
-FULL = Size(resolution=64, batch=64)   # SPEC §2.4–§2.5: 64×64, batch 64
+FULL = Size(resolution=64, batch=64)   # the paper code's and baselines' (docs/wgan_div.md §5.2)
 QUICK = Size(resolution=32, batch=8)
 
 
@@ -115,7 +117,7 @@ def _check_penalty(penalty) -> None:
 
 def jax_critic_loss(params, batch_stats, x_real, x_fake, *, apply: CriticApply,
                     penalty: str | None):
-    """The seed's critic loss E[T(fake)] − E[T(real)] (+ the W-div penalty), SPEC §2.3.
+    """The seed's critic loss E[T(fake)] − E[T(real)] (+ the W-div penalty), docs/wgan_div.md §2.
 
     The GAN experiment's computation: `kernels.gradient_penalty.critic_scores_and_penalty`.
 
@@ -149,7 +151,7 @@ def jax_critic_loss(params, batch_stats, x_real, x_fake, *, apply: CriticApply,
 
 
 def critic_optimizer() -> optax.GradientTransformation:
-    """Adam(2e-4, β1 0.5, β2 0.999) with Keras's ε (SPEC §2.3, §0.1)."""
+    """Adam(2e-4, β1 0.5, β2 0.999) with Keras's ε (docs/wgan_div.md §4.1, docs/index.md §2)."""
     return optax.adam(LEARNING_RATE, b1=BETA1, b2=BETA2, eps=ADAM_EPS)
 
 
@@ -190,7 +192,7 @@ def tf_same_padding(size: int, kernel_size: int, stride: int) -> tuple[int, int]
 
 
 def torch_critic(resolution: int, base_channels: int = 64, kernel_size: int = 5):
-    """The PyTorch twin of ``models.dcgan.Critic`` (W-div row, SPEC §2.3), NCHW.
+    """The PyTorch twin of ``models.dcgan.Critic`` (W-div row, docs/wgan_div.md §3.2), NCHW.
 
     [ZeroPad2d(TF 'same') → Conv2d k×k/2, no bias → BatchNorm2d (all but the first) →
     LeakyReLU(0.2)] per width of ``dcgan.critic_widths`` → global average pool →
@@ -206,7 +208,7 @@ def torch_critic(resolution: int, base_channels: int = 64, kernel_size: int = 5)
         before, after = tf_same_padding(size, kernel_size, 2)
         layers += [tnn.ZeroPad2d((before, after, before, after)),
                    tnn.Conv2d(channels, width, kernel_size, stride=2, bias=False)]
-        if i > 0:  # SPEC §3.1: no BN after the first conv
+        if i > 0:  # no BN after the first conv (docs/wgan_div.md §3.1)
             layers.append(tnn.BatchNorm2d(width, eps=KERAS_BN_EPS,
                                           momentum=1 - KERAS_BN_MOMENTUM))
         layers.append(tnn.LeakyReLU(NEGATIVE_SLOPE))

@@ -1,6 +1,6 @@
 """Margin-softmax loss fwd+bwd at 90k and 1M classes: dense vs chunked vs Partial-FC sampled.
 
-Issue 4 ("Benchmarks"): the AM-Softmax loss (s = 30, m = 0.35, SPEC §1.4) of unit embeddings
+The AM-Softmax loss (s = 30, m = 0.35, docs/sentence_similarity.md §3) of unit embeddings
 z (B, 128) against unit class centres W (128, C), differentiated with respect to both (what a
 training step needs). Three paths over the same arrays, one group per size:
 
@@ -11,8 +11,9 @@ training step needs). Three paths over the same arrays, one group per size:
   random negatives), Partial FC's usual sample rate. It is an approximation of the loss, not
   the same number; its time includes drawing the sample (a top-k over C random priorities).
 
-The target (issue 4): chunked at C = 1M, B = 1024 within 25% of dense's time, with no
-(B, C) buffer in its compiled memory analysis, i.e. XLA's temp bytes below B·C·4.
+The target (docs/sentence_similarity.md §8, Benchmarks): chunked at C = 1M, B = 1024 within
+25% of dense's time, with no (B, C) buffer in its compiled memory analysis, i.e. XLA's temp
+bytes below B·C·4.
 """
 
 import dataclasses
@@ -25,17 +26,18 @@ import jax.numpy as jnp
 from experiments.benchmarks import harness
 from kernels import margin_softmax
 
-EMBED_DIM = 128           # the seed's sentence-vector width (SPEC §1.3)
-KIND = "am"               # AM-Softmax, s = 30, m = 0.35 (SPEC §1.4)
+EMBED_DIM = 128           # the seed's sentence-vector width (docs/sentence_similarity.md §2)
+KIND = "am"               # AM-Softmax, s = 30, m = 0.35 (docs/sentence_similarity.md §3)
 SAMPLE_RATE = 0.1         # Partial FC's usual rate: 10% of the classes per step
-# The chunked path's target ratio to the dense one (issue 4): within 25% of its time.
+# The chunked path's target ratio to the dense one: within 25% of its time
+# (docs/sentence_similarity.md §8).
 TARGET_SLOWDOWN = 1.25
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One problem size; `repeats` caps the timed runs (None: the report's); `has_target`:
-    whether issue 4's chunked-vs-dense target applies at this size."""
+    whether the chunked-vs-dense target applies at this size."""
 
     num_classes: int
     batch: int

@@ -1,8 +1,8 @@
 """Sentence-similarity training steps/s: the experiment's JAX step vs an equal PyTorch CPU model.
 
-Issue 4 ("Benchmarks"), target: at least as fast as PyTorch. Both sides train the seed's
-network (SPEC §1.3) with the seed's settings (SPEC §1.4–§1.5): Embedding(V, 128) → GRU(128)
-whose last step's output over the right-padded sequence is the sentence vector → L2
+Target (docs/sentence_similarity.md §8, Benchmarks): at least as fast as PyTorch. Both sides
+train the seed's network (§2 of that page) with the seed's settings (§3, §5): Embedding(V, 128)
+→ GRU(128) whose last step's output over the right-padded sequence is the sentence vector → L2
 normalisation → cosines against unit-norm class centres W (128, C) → AM-Softmax (s = 30,
 m = 0.35, target logit replaced) → Adam (lr 1e-3, eps 1e-7) → W's columns renormalised.
 
@@ -35,7 +35,8 @@ from experiments.benchmarks import harness
 from experiments.sentence_similarity import config as experiment_config
 from experiments.sentence_similarity import train
 
-VOCAB_SIZE = 3000             # characters seen ≥ 5 times, about the seed's (SPEC §1.2)
+# Characters seen ≥ 5 times, about the seed's vocabulary (docs/sentence_similarity.md §4).
+VOCAB_SIZE = 3000
 FULL_CLASS_COUNTS = (27_000, 90_000)
 FULL_STEPS_TIMED = 30         # single steps are short: take the median of many
 QUICK = dict(vocab_size=500, num_classes=1000, batch_size=32, steps=2)
@@ -48,7 +49,8 @@ NUM_BATCHES = 8               # distinct batches cycled through, as from an epoc
 # and the chunk size of the experiment's chunked loss (the kernel's default).
 PROFILE_UNROLL = 8
 PROFILE_CHUNK_SIZE = 2048
-# Issue 4's target: the JAX step at least as fast as the faster PyTorch row.
+# The target (docs/sentence_similarity.md §8): the JAX step at least as fast as
+# the faster PyTorch row.
 TARGET_SPEED_RATIO = 1.0
 
 
@@ -159,7 +161,7 @@ class TorchTrainer:
         loss = self._loss(batch)
         loss.backward()
         self.optimizer.step()
-        with self._torch.no_grad():  # Keras unit_norm(axis=0) after the update (SPEC §0.1)
+        with self._torch.no_grad():  # Keras unit_norm(axis=0): docs/index.md §2 item 6
             weights = self.model.class_weights
             weights.div_(weights.norm(dim=0, keepdim=True).clamp_min(1e-12))
         return loss.item()
@@ -198,7 +200,7 @@ def _keras_to_torch_gates(x) -> np.ndarray:
 
 
 def benchmark_config(batch_size: int):
-    """The experiment's default config (SPEC §1) with the given batch size."""
+    """The experiment's default config (docs/sentence_similarity.md §6) at the given batch size."""
     config = experiment_config.get_config()
     with config.unlocked():
         config.batch_size = batch_size

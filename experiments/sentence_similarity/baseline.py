@@ -1,8 +1,8 @@
 """A training-free reference for the retrieval table: character n-gram TF-IDF cosines.
 
-It tells how much of SPEC §1.6's open-set task plain character overlap already solves on a
-corpus, so a trained encoder's figures can be read against it (on the shared pair-derived
-groups most paraphrases share many characters).
+It tells how much of the open-set task (docs/sentence_similarity.md §5) plain character
+overlap already solves on a corpus, so a trained encoder's figures can be read against it (on
+the shared pair-derived groups most paraphrases share many characters).
 
     python -m experiments.sentence_similarity.baseline ../shared/data/sentence_similarity/groups.tsv
 """
@@ -57,7 +57,7 @@ def sparse_nearest_neighbours(matrix: scipy.sparse.csr_matrix, k: int, chunk_siz
 
 def tfidf_retrieval_metrics(sentences: list[str], labels: np.ndarray, ks=(1, 5, 10)
                             ) -> dict[str, float]:
-    """SPEC §1.6's top-k and MAP@R with TF-IDF cosines in place of a trained encoder."""
+    """Top-k and MAP@R (docs/sentence_similarity.md §5) with TF-IDF cosines as the similarity."""
     depth = retrieval.search_depth(labels, ks)
     neighbours = sparse_nearest_neighbours(tfidf_matrix(sentences), depth)
     return retrieval.metrics_from_neighbours(neighbours, labels, ks)

@@ -20,7 +20,7 @@ from experiments import host_memory, sweep
 from experiments.sentence_similarity import baseline
 from experiments.sentence_similarity import config as config_lib
 
-SPEC = "sentence_similarity"
+EXPERIMENT = "sentence_similarity"
 # The post's figures: its private corpus (~100k groups of 5-10 sentences), 30 epochs.
 SEED_TABLE = {"softmax": (0.9077, 0.9565, 0.9673), "am": (0.9172, 0.9607, 0.9709),
               "simpler_a": (0.9135, 0.9587, 0.9697)}
@@ -75,7 +75,7 @@ def cells(data: str, epochs: int, overrides=()) -> list[sweep.Cell]:
         name = run_name(kind, final_state)
         seed = SEED_TABLE.get(kind) if final_state == "last_step" else None
         result.append(sweep.Cell(
-            name=name.replace(":", "-"), spec=SPEC,
+            name=name.replace(":", "-"), spec=EXPERIMENT,
             overrides=(f"data.path={data}", f"epochs={epochs}", f"loss.kind={kind}",
                        f"model.final_state={final_state}", "trainer.progress_bar=false",
                        *overrides),

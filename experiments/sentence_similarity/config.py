@@ -1,4 +1,4 @@
-"""Configs of the sentence-similarity experiment (SPEC §1).
+"""Configs of the sentence-similarity experiment (docs/sentence_similarity.md).
 
     python launch.py sentence_similarity \\
         --config.data.path=../shared/data/sentence_similarity/groups.tsv
@@ -27,7 +27,7 @@ TRAINED_FIELDS = ("model", "data.maxlen", "data.min_count", "loss")
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-    """The seed's settings (SPEC §1.2–§1.6); `variant` picks "smoke" or "demo" sizes."""
+    """The seed's settings (docs/sentence_similarity.md §6); `variant` picks "smoke" or "demo"."""
     if variant not in VARIANTS:
         raise configs.ConfigError(f"unknown variant {variant!r} of sentence_similarity; valid: "
                           + ", ".join(repr(v) for v in VARIANTS))
@@ -40,32 +40,33 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.data.path = ""             # group_id<TAB>sentence file; "": the generated corpus
     config.data.eval_path = ""        # mode=eval: the groups file to score
     config.data.skip_bad = False      # skip (and count) malformed rows instead of failing
-    config.data.min_count = 5         # ≥ 1; vocabulary: chars seen ≥ 5 times (SPEC §1.2)
-    config.data.maxlen = 32           # ≥ 1; truncate / right-pad to 32 characters (SPEC §1.2)
-    # In (0, 1): groups below the 90% id cut train (SPEC §1.2: 90k/100k), the rest validate.
+    # "§N" below: the section of docs/sentence_similarity.md that gives the seed's value.
+    config.data.min_count = 5         # ≥ 1; vocabulary: chars seen ≥ 5 times (§4)
+    config.data.maxlen = 32           # ≥ 1; truncate / right-pad to 32 characters (§4)
+    # In (0, 1): groups below the 90% id cut train (§4: 90k/100k), the rest validate.
     config.data.train_fraction = 0.9
     config.data.generated_items = 48  # ≥ 1; generated corpus: items × 16 intents groups
 
     config.model = ml_collections.ConfigDict()
-    config.model.embed_dim = 128      # Embedding(V, 128) (SPEC §1.3)
-    config.model.hidden_dim = 128     # GRU(128) (SPEC §1.3)
+    config.model.embed_dim = 128      # Embedding(V, 128) (§2)
+    config.model.hidden_dim = 128     # GRU(128) (§2)
     config.model.final_state = "last_step"  # the seed runs over the padding; or "masked"
 
     config.loss = ml_collections.ConfigDict()
-    config.loss.kind = "am"           # softmax | am | simpler_a | arcface (SPEC §1.4)
-    config.loss.scale = 30.0          # s > 0; s = 30 (SPEC §1.4)
-    # m = 0.35 (SPEC §1.4, AM-Softmax paper). am: m in [0, 1), since the target's cos θ − m
+    config.loss.kind = "am"           # softmax | am | simpler_a | arcface (§3)
+    config.loss.scale = 30.0          # s > 0; s = 30 (§3)
+    # m = 0.35 (§3, AM-Softmax paper). am: m in [0, 1), since the target's cos θ − m
     # with m ≥ 1 could not beat a class at 90°; arcface: m in [0, π/2), the additive angle
     # (the paper uses 0.5); softmax and simpler_a use no margin (simpler-A's is cos 4θ).
     config.loss.margin = 0.35
     config.loss.chunk_size = 0        # >0: chunked loss over class chunks (large class counts)
 
     config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.learning_rate = 1e-3  # > 0; Keras Adam defaults (SPEC §0.1, §1.5)
+    config.optimizer.learning_rate = 1e-3  # > 0; Keras Adam defaults (§5, docs/index.md §2)
     config.optimizer.eps = 1e-7            # > 0
 
-    config.batch_size = 100           # ≥ 1; SPEC §1.5
-    config.epochs = 30                # ≥ 1; SPEC §1.5 (AM needs ~25, the others ~20)
+    config.batch_size = 100           # ≥ 1; §5
+    config.epochs = 30                # ≥ 1; §5 (AM needs ~25, the others ~20)
     config.eval_batch_size = 1000     # ≥ 1
 
     config.search = ml_collections.ConfigDict()
@@ -74,9 +75,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     config.trainer = trainer.default_config()
     config.trainer.num_steps = 0      # 0: epochs × batches per epoch
-    config.trainer.eval_every = 0     # 0: once per epoch (SPEC §1.5 evaluates every epoch)
+    config.trainer.eval_every = 0     # 0: once per epoch (§5: the seed evaluates every epoch)
     config.trainer.checkpoint_every = 0  # 0: once per epoch
-    config.trainer.best_metric = "top1"  # keep the weights with the best top-1 (SPEC §1.5)
+    config.trainer.best_metric = "top1"  # keep the weights with the best top-1 (§5)
     config.trainer.log_every = 100
 
     if variant == "demo":

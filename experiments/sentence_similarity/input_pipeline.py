@@ -1,11 +1,12 @@
 """Paraphrase groups → character ids, the open-set split, and the pair-file converter.
 
-File format (SPEC §1.2, the seed's `tongyiju.csv`): UTF-8, no header, `group_id<TAB>sentence`
-per line; sentences sharing a group id are paraphrases. Preprocessing follows SPEC §1.2:
-full-width → half-width, lower case, characters as tokens, a vocabulary of the characters seen
-at least `min_count` times in the whole file (ids 0 = pad, 1 = unknown), truncation and right
-padding to `maxlen`. The split is open-set by group: groups whose id is below the cut train the
-classifier, the rest are never seen in training and are only retrieved among themselves.
+File format (docs/sentence_similarity.md §4, the seed's `tongyiju.csv`): UTF-8, no header,
+`group_id<TAB>sentence` per line; sentences sharing a group id are paraphrases. Preprocessing
+follows the seed (same section): full-width → half-width, lower case, characters as tokens, a
+vocabulary of the characters seen at least `min_count` times in the whole file (ids 0 = pad,
+1 = unknown), truncation and right padding to `maxlen`. The split is open-set by group:
+groups whose id is below the cut train the classifier, the rest are never seen in training
+and are only retrieved among themselves.
 """
 
 import collections
@@ -23,7 +24,7 @@ PAD, UNK = 0, 1
 
 
 def to_half_width(text: str) -> str:
-    """U+3000 → space and U+FF01..U+FF5E → U+0021..U+007E (SPEC §1.2)."""
+    """U+3000 → space and U+FF01..U+FF5E → U+0021..U+007E (docs/sentence_similarity.md §4)."""
     chars = []
     for char in text:
         code = ord(char)
@@ -76,7 +77,7 @@ def read_groups(path, *, skip_bad: bool = False) -> tuple[Groups, data.Skipped]:
 
 @dataclasses.dataclass(frozen=True)
 class Vocabulary:
-    """Character → id; 0 is padding, 1 unknown (SPEC §1.2)."""
+    """Character → id; 0 is padding, 1 unknown (docs/sentence_similarity.md §4)."""
 
     chars: tuple[str, ...]     # chars[i] has id i + 2
 
@@ -130,7 +131,7 @@ class OpenSetSplit:
 
 
 def split_by_group(groups: Groups, train_fraction: float) -> OpenSetSplit:
-    """Open-set split by group id (SPEC §1.2: ids < 90,000 of ~100k groups train).
+    """Open-set split by group id (docs/sentence_similarity.md §4: the seed trains ids < 90,000).
 
     The cut is the group id below which `train_fraction` of the distinct groups lie, so a
     file with ids 0..N-1 splits like the seed's `id < 0.9·N`.

@@ -1,12 +1,12 @@
 """Open-set retrieval metrics: exact brute-force top-k on device, top-k accuracy, MAP@R.
 
-The protocol is SPEC §1.6: every validation sentence queries all the others (itself
-excluded), and a query is a top-k hit when one of its k nearest neighbours by cosine shares
-its group. The seed assumed rank 1 was the query itself and looked at ranks 2..k+1; excluding
-the query's own index is the same thing without the assumption (duplicated sentences in two
-groups would break it). MAP@R (Musgrave et al., "A Metric Learning Reality Check", 2020) adds a
-ranking-quality figure: for a query with R other members of its group, the mean over the first
-R ranks of precision@i at the ranks that are hits, divided by R.
+The protocol is docs/sentence_similarity.md §5: every validation sentence queries all the
+others (itself excluded), and a query is a top-k hit when one of its k nearest neighbours by
+cosine shares its group. The seed assumed rank 1 was the query itself and looked at ranks
+2..k+1; excluding the query's own index is the same thing without the assumption (duplicated
+sentences in two groups would break it). MAP@R (Musgrave et al., "A Metric Learning Reality
+Check", 2020) adds a ranking-quality figure: for a query with R other members of its group,
+the mean over the first R ranks of precision@i at the ranks that are hits, divided by R.
 
 A query whose group has no other member (R = 0) has nothing to find: it counts as a miss in
 top-k (as in the seed) and is left out of MAP@R, the mean over the queries with R ≥ 1. When
@@ -75,7 +75,7 @@ def nearest_neighbours(embeddings: np.ndarray, k: int, *, chunk_size: int = 1024
 
 def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks=(1, 5, 10)
                       ) -> dict[str, float]:
-    """top-k accuracies (SPEC §1.6) and MAP@R of every row against all the others.
+    """top-k accuracies and MAP@R (docs/sentence_similarity.md §5) of every row against the others.
 
     Args:
       embeddings: (n, dim) unit vectors.

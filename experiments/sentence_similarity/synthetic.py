@@ -7,7 +7,7 @@ endings. So within a group the wording varies and the content is fixed, while ac
 content varies and the wording repeats: an encoder must learn that "多少钱" and "怎么卖" mean
 the same and that the item matters, which is the seed's task in miniature. Every item and
 every intent occurs in training groups, but the held-out groups are unseen (item, intent)
-combinations, so evaluation stays open-set as in SPEC §1.6.
+combinations, so evaluation stays open-set as in docs/sentence_similarity.md §5.
 """
 
 import numpy as np

@@ -1,9 +1,10 @@
-"""Training, evaluation and FAQ search for the GRU + margin-softmax sentence encoder (SPEC §1).
+"""Training, evaluation and FAQ search for the GRU + margin-softmax sentence encoder.
 
-The model is a classifier over paraphrase groups (SPEC §1.1): sentences → `SentenceEncoder`
-→ unit vectors z → cosines to unit class centres → a margin softmax (`kernels.margin_softmax`).
-After training the classifier is thrown away and z serves open-set retrieval: validation groups
-were never classes, and every validation sentence is ranked against the others (SPEC §1.6).
+The model is a classifier over paraphrase groups (docs/sentence_similarity.md §1):
+sentences → `SentenceEncoder` → unit vectors z → cosines to unit class centres → a margin
+softmax (`kernels.margin_softmax`). After training the classifier is thrown away and z serves
+open-set retrieval: validation groups were never classes, and every validation sentence is
+ranked against the others (docs/sentence_similarity.md §5).
 """
 
 import functools
@@ -23,7 +24,7 @@ from models.sentence_encoder import SentenceClassifier
 
 
 def build_model(config, vocab_size: int, num_classes: int) -> SentenceClassifier:
-    """The seed's network with the config's sizes (SPEC §1.3)."""
+    """The seed's network with the config's sizes (docs/sentence_similarity.md §2)."""
     return SentenceClassifier(vocab_size=vocab_size, num_classes=num_classes,
                               embed_dim=config.model.embed_dim,
                               hidden_dim=config.model.hidden_dim,
@@ -32,7 +33,10 @@ def build_model(config, vocab_size: int, num_classes: int) -> SentenceClassifier
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-    """Keras Adam (SPEC §0.1), then the unit-norm projection of the class centres (SPEC §1.3)."""
+    """Keras Adam, then the unit-norm projection of the class centres.
+
+    docs/index.md §2 items 5 and 6; docs/sentence_similarity.md §2 item 4.
+    """
     def is_class_kernel(params):
         return jax.tree_util.tree_map_with_path(
             lambda path, _: "classifier" in jax.tree_util.keystr(path), params)
@@ -110,7 +114,7 @@ def _encode_fn(model):
 
 
 def choose_threshold(embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """The cosine threshold for "answer or not" that maximises F1 on validation (SPEC §1.1).
+    """The cosine threshold for "answer or not" with the best F1 (docs/sentence_similarity.md §5).
 
     Each validation sentence queries the others; it is accepted when its nearest neighbour's
     cosine reaches the threshold. Precision: accepted queries whose nearest neighbour is a

@@ -25,7 +25,7 @@ import jax
 
 from experiments import host_memory, sweep
 
-SPEC = "sparse_lm"
+EXPERIMENT = "sparse_lm"
 COLUMNS = (
     sweep.Column("pattern"), sweep.Column("config"),
     sweep.Column("validation bpc", "results.valid_bpc", ".4f"),
@@ -42,7 +42,7 @@ def patterns(rate: int) -> tuple[tuple[str, str], ...]:
 
 def cells(data: str, steps: int, rate: int, only=(), overrides=()) -> list[sweep.Cell]:
     """One cell per pattern (those named in `only`, or all), in workdirs like "local-atrous"."""
-    return [sweep.Cell(name=name.replace("/", "-"), spec=SPEC,
+    return [sweep.Cell(name=name.replace("/", "-"), spec=EXPERIMENT,
                        overrides=(f"data.path={data}", f"trainer.num_steps={steps}",
                                   f"model.pattern={pattern}", "trainer.progress_bar=false",
                                   *overrides),
@@ -71,7 +71,7 @@ def main(argv=None) -> None:
     rows = sweep.run_sweep(chosen, args.workdirs)
     # The settings every pattern shares, for the table's caption.
     config = sweep.resolve_config(
-        SPEC, cells(args.data, args.steps, args.rate, (), args.overrides)[0].overrides)
+        EXPERIMENT, cells(args.data, args.steps, args.rate, (), args.overrides)[0].overrides)
     command = "python -m experiments.sparse_lm.compare " + shlex.join(
         argv if argv is not None else sys.argv[1:])
     table = render(rows, config, args, command)

@@ -1,4 +1,4 @@
-"""Configs of the sparse-attention character LM (SPEC §4).
+"""Configs of the sparse-attention character LM (docs/sparse_attention.md).
 
     python launch.py sparse_lm            # the README setting, on the stdlib's own source
     python launch.py sparse_lm \
@@ -8,10 +8,10 @@
     python -m experiments.sparse_lm.compare --data FILE --steps 2000 --out results/sparse_lm
 
 The headline metric is the validation bits per character (`valid_bpc`); a model that has
-learnt nothing scores log2(V). The post reports no LM numbers (SPEC §4 is about cost).
-Expected (2-core CPU, float32): demo 3.28 bpc (uniform 6.60) in under a minute; tiny
-Shakespeare, 2000 steps, Local/Atrous alternating 2.59 bpc (uniform 6.04), the other
-patterns in results/sparse_lm/compare.md.
+learnt nothing scores log2(V). The post reports no LM numbers (it is about cost,
+docs/sparse_attention.md §1). Expected (2-core CPU, float32): demo 3.28 bpc (uniform
+6.60) in under a minute; tiny Shakespeare, 2000 steps, Local/Atrous alternating 2.59 bpc
+(uniform 6.04), the other patterns in results/sparse_lm/compare.md.
 """
 
 import math
@@ -45,9 +45,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict()
     # Per-layer attention pattern, comma = cycled over layers (models.transformer.parse_pattern).
-    # Local and Atrous alternating: the post's alternative to Sparse (SPEC §4.2); 32 ≈ √1024.
+    # Local and Atrous alternating: the post's alternative to Sparse
+    # (docs/sparse_attention.md §1.2); 32 ≈ √1024.
     config.model.pattern = "local:32,atrous:32"
-    config.model.context = 1024        # characters per training window (issue 5: ≥ 1024)
+    # Characters per training window; the project's target is ≥ 1024
+    # (docs/sparse_attention.md §6).
+    config.model.context = 1024
     # A small model, sized for the pattern comparison on a 2-core CPU (3-13 minutes a run of
     # 2000 steps); on an accelerator raise width, layers, batch and steps from the command line.
     # Two layers are the fewest that let Local/Atrous alternation reach every position.
@@ -59,7 +62,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # Untied output and no weight decay: in 200-step trials on tiny Shakespeare (Local(32),
     # lr 6e-3) they reached 2.45 nats against 2.55 for tied output with decay 0.1.
     config.model.tie_embeddings = False
-    config.model.output_projection = True  # departure from SPEC §4.1 (see models.transformer)
+    config.model.output_projection = True  # departure: docs/sparse_attention.md §7 item 5
     config.model.remat = False         # recompute blocks in the backward pass (long contexts)
     # How attention runs (kernels.attention.attention's `implementation`): "auto" is the CPU
     # kernel on a CPU for float32, XLA elsewhere; shown resolved. The compute dtype is

@@ -1,4 +1,6 @@
-"""Training and evaluation of the character LM with a configurable attention pattern (SPEC §4).
+"""Training and evaluation of the character LM with a configurable attention pattern.
+
+The method, every config key and the results: docs/sparse_attention.md §5–§8.
 
 A `models.transformer.DecoderLM` reads windows of `context` characters and predicts each
 next character (mean cross-entropy in nats is the training loss). Evaluation is bits per

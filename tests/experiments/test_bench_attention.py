@@ -1,4 +1,4 @@
-"""Tests for the sparse-attention benchmark (issue 5, item 6).
+"""Tests for the sparse-attention benchmark (its targets: docs/sparse_attention.md §8).
 
 One quick run (n = 1024 and 2048, 2 heads × 16) checks that every path produced a row, that
 the efficient paths' compiled temp memory has no room for an (H, n, n) float32 buffer, and no

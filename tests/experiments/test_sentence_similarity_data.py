@@ -109,7 +109,7 @@ def test_generated_corpus_is_deterministic_and_open_set():
 
 
 def _brute_force_metrics(embeddings, labels, ks=(1, 5, 10)):
-    """Plain-numpy reference of SPEC §1.6 and MAP@R, one query at a time."""
+    """Plain-numpy reference of docs/sentence_similarity.md §5 (top-k, MAP@R), query by query."""
     n = len(labels)
     similarity = embeddings @ embeddings.T
     hits_at = {k: 0 for k in ks}
@@ -163,7 +163,7 @@ def test_nearest_neighbours_never_return_self_and_chunking_is_exact():
 def test_shared_groups_file_reads_completely():
     groups, skipped = input_pipeline.read_groups(SHARED_GROUPS)
     assert len(skipped) == 0
-    assert len(groups) == 69_527                       # SOURCES.md §1.2
+    assert len(groups) == 69_527                       # docs/sentence_similarity.md §4
     assert len(np.unique(groups.group_ids)) == 30_085
 
 

@@ -145,7 +145,7 @@ def test_sigkill_after_second_checkpoint_then_resume_is_bitwise_equal(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
-    """A real multi-host run on one machine: jax.distributed over gloo (NOTES.md #8)."""
+    """A real multi-host run on one machine: jax.distributed over gloo (docs/index.md §5 item 3)."""
     import socket
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

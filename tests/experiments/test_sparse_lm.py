@@ -1,5 +1,8 @@
-"""The sparse-attention character LM (SPEC §4): input pipeline, the bpc evaluator against
-hand computations, config errors, and a smoke run through launch.py."""
+"""The sparse-attention character LM (docs/sparse_attention.md §5).
+
+Input pipeline, the bpc evaluator against hand computations, config errors, and a smoke run
+through launch.py.
+"""
 
 import json
 import math

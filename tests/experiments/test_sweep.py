@@ -12,7 +12,7 @@ from experiments.gan import sweep as gan_sweep
 from experiments.sentence_similarity import compare as similarity_compare
 from experiments.sparse_lm import compare as sparse_compare
 
-SPEC = "sentence_similarity:smoke"
+EXPERIMENT = "sentence_similarity:smoke"
 
 
 def _config_json(spec, overrides) -> str:
@@ -55,7 +55,7 @@ class FakeLaunch:
 
 
 def test_grid_is_the_cartesian_product_with_readable_names():
-    cells = sweep.grid(SPEC, ["epochs=2"], {"loss.kind": ["am", "softmax"],
+    cells = sweep.grid(EXPERIMENT, ["epochs=2"], {"loss.kind": ["am", "softmax"],
                                             "model.final_state": ["last_step", "masked"]},
                        seeds=(0, 1))
     assert [cell.name for cell in cells] == [
@@ -71,8 +71,8 @@ def test_grid_is_the_cartesian_product_with_readable_names():
 def test_grid_names_keep_whole_keys_when_last_parts_clash_and_make_values_file_safe():
     cells = sweep.grid("sparse_lm", (), {"model.dim": [1], "data.dim": ["local:32,atrous:32"]})
     assert [cell.name for cell in cells] == ["model.dim-1__data.dim-local_32_atrous_32"]
-    assert [cell.name for cell in sweep.grid(SPEC, ["epochs=1"])] == ["base"]
-    assert sweep.Cell("x", SPEC).runs() == [("x", ())]
+    assert [cell.name for cell in sweep.grid(EXPERIMENT, ["epochs=1"])] == ["base"]
+    assert sweep.Cell("x", EXPERIMENT).runs() == [("x", ())]
 
 
 def test_axis_values_split_on_semicolons_when_they_hold_commas():
@@ -90,10 +90,10 @@ def test_axis_values_split_on_semicolons_when_they_hold_commas():
 def test_a_finished_run_is_reused_without_running(tmp_path, monkeypatch, capsys):
     overrides = ["trainer.num_steps=20"]
     summary = {"step": 20, "results": {"top1": 0.25}}
-    _write_run(tmp_path / "done", SPEC, overrides, summary)
+    _write_run(tmp_path / "done", EXPERIMENT, overrides, summary)
     fake = FakeLaunch()
     monkeypatch.setattr(sweep, "run_in_process", fake)  # the default runner
-    [row] = sweep.run_sweep([sweep.Cell("done", SPEC, tuple(overrides))], tmp_path)
+    [row] = sweep.run_sweep([sweep.Cell("done", EXPERIMENT, tuple(overrides))], tmp_path)
     assert fake.calls == []
     assert row.summaries == [summary]
     assert row.workdirs == [tmp_path.resolve() / "done"]
@@ -102,13 +102,13 @@ def test_a_finished_run_is_reused_without_running(tmp_path, monkeypatch, capsys)
 
 def test_an_unfinished_run_is_resumed_with_the_same_command(tmp_path):
     overrides = ("trainer.num_steps=20", "loss.kind=softmax")
-    _write_run(tmp_path / "killed", SPEC, overrides)  # stopped before its end: no summary
-    _write_run(tmp_path / "short", SPEC, overrides, {"step": 10})  # a summary short of 20
+    _write_run(tmp_path / "killed", EXPERIMENT, overrides)  # stopped before its end: no summary
+    _write_run(tmp_path / "short", EXPERIMENT, overrides, {"step": 10})  # a summary short of 20
     fake = FakeLaunch()
-    rows = sweep.run_sweep([sweep.Cell("killed", SPEC, overrides),
-                            sweep.Cell("short", SPEC, overrides)], tmp_path, runner=fake)
+    rows = sweep.run_sweep([sweep.Cell("killed", EXPERIMENT, overrides),
+                            sweep.Cell("short", EXPERIMENT, overrides)], tmp_path, runner=fake)
     flags = ["--config.trainer.num_steps=20", "--config.loss.kind=softmax"]
-    assert fake.calls == [(SPEC, ["--workdir", str(tmp_path.resolve() / name), *flags])
+    assert fake.calls == [(EXPERIMENT, ["--workdir", str(tmp_path.resolve() / name), *flags])
                           for name in ("killed", "short")]
     for row in rows:
         assert row.summaries[0]["step"] == 20 and row.summaries[0]["results"] == {"top1": 0.5}
@@ -118,49 +118,49 @@ def test_an_unfinished_run_is_resumed_with_the_same_command(tmp_path):
 
 def test_seeds_run_in_their_own_workdirs_and_identical_cells_run_once(tmp_path):
     fake = FakeLaunch(results=lambda overrides: {"top1": float(overrides[-1][-1])})
-    cell = sweep.Cell("am", SPEC, ("trainer.num_steps=20",), seeds=(3, 4))
+    cell = sweep.Cell("am", EXPERIMENT, ("trainer.num_steps=20",), seeds=(3, 4))
     rows = sweep.run_sweep([cell, cell], tmp_path, runner=fake)
     assert [argv[1] for _, argv in fake.calls] == [str(tmp_path.resolve() / "am-seed3"),
                                                     str(tmp_path.resolve() / "am-seed4")]
     assert fake.calls[1][1][-1] == "--config.trainer.seed=4"
     assert [[s["results"]["top1"] for s in row.summaries] for row in rows] == [[3.0, 4.0]] * 2
-    other = sweep.Cell("am", SPEC, ("trainer.num_steps=30",))
+    other = sweep.Cell("am", EXPERIMENT, ("trainer.num_steps=30",))
     with pytest.raises(sweep.SweepError, match="two cells are named 'am'"):
         sweep.run_sweep([cell, other], tmp_path, runner=fake)
 
 
 def test_a_run_that_stops_before_its_last_step_stops_the_sweep(tmp_path):
     with pytest.raises(sweep.SweepError, match="ended before its last step"):
-        sweep.run_sweep([sweep.Cell("cut", SPEC, ("trainer.num_steps=20",))], tmp_path,
+        sweep.run_sweep([sweep.Cell("cut", EXPERIMENT, ("trainer.num_steps=20",))], tmp_path,
                         runner=FakeLaunch(finish=False))
 
 
 def test_a_longer_run_is_continued_and_another_config_refused(tmp_path):
-    _write_run(tmp_path / "grow", SPEC, ["trainer.num_steps=10"], {"step": 10})
+    _write_run(tmp_path / "grow", EXPERIMENT, ["trainer.num_steps=10"], {"step": 10})
     seen = []
 
     def runner(spec, argv):  # the shorter run's summary must be gone before resuming
         seen.append((tmp_path / "grow" / "summary.json").exists())
         FakeLaunch()(spec, argv)
 
-    [row] = sweep.run_sweep([sweep.Cell("grow", SPEC, ("trainer.num_steps=20",))], tmp_path,
+    [row] = sweep.run_sweep([sweep.Cell("grow", EXPERIMENT, ("trainer.num_steps=20",))], tmp_path,
                             runner=runner)
     assert seen == [False] and row.summaries[0]["step"] == 20
     with pytest.raises(sweep.SweepError,
                        match=r"holds another config \(loss.kind: am → softmax\)"):
-        sweep.run_sweep([sweep.Cell("grow", SPEC, ("trainer.num_steps=20",
+        sweep.run_sweep([sweep.Cell("grow", EXPERIMENT, ("trainer.num_steps=20",
                                                    "loss.kind=softmax"))], tmp_path,
                         runner=runner)
     with pytest.raises(sweep.SweepError, match=r"a longer run \(trainer.num_steps: 20 → 5\)"):
-        sweep.run_sweep([sweep.Cell("grow", SPEC, ("trainer.num_steps=5",))], tmp_path,
+        sweep.run_sweep([sweep.Cell("grow", EXPERIMENT, ("trainer.num_steps=5",))], tmp_path,
                         runner=runner)
     assert len(seen) == 1
 
 
 def test_command_line_refuses_a_workdir_of_another_config_in_one_line(tmp_path, capsys):
-    _write_run(tmp_path / "kind-am", SPEC, ["trainer.num_steps=20", "loss.kind=am"],
+    _write_run(tmp_path / "kind-am", EXPERIMENT, ["trainer.num_steps=20", "loss.kind=am"],
                {"step": 20})
-    status = sweep.main([SPEC, "--root", str(tmp_path), "--axis", "loss.kind=am",
+    status = sweep.main([EXPERIMENT, "--root", str(tmp_path), "--axis", "loss.kind=am",
                          "--set", "trainer.num_steps=30", "--set", "epochs=3"])
     assert status == 2
     assert capsys.readouterr().err == (
@@ -177,13 +177,13 @@ def test_config_differences_treat_auto_as_resolved_by_the_run():
 
 def test_collect_lists_only_cells_whose_every_run_finished(tmp_path):
     overrides = ("trainer.num_steps=20",)
-    _write_run(tmp_path / "a-seed0", SPEC, [*overrides, "trainer.seed=0"], {"step": 20})
-    _write_run(tmp_path / "a-seed1", SPEC, [*overrides, "trainer.seed=1"], {"step": 20})
-    _write_run(tmp_path / "b-seed0", SPEC, [*overrides, "trainer.seed=0"], {"step": 20})
-    _write_run(tmp_path / "b-seed1", SPEC, [*overrides, "trainer.seed=1"])  # unfinished
-    rows = sweep.collect([sweep.Cell("a", SPEC, overrides, (0, 1)),
-                          sweep.Cell("b", SPEC, overrides, (0, 1)),
-                          sweep.Cell("c", SPEC, overrides)], tmp_path)
+    _write_run(tmp_path / "a-seed0", EXPERIMENT, [*overrides, "trainer.seed=0"], {"step": 20})
+    _write_run(tmp_path / "a-seed1", EXPERIMENT, [*overrides, "trainer.seed=1"], {"step": 20})
+    _write_run(tmp_path / "b-seed0", EXPERIMENT, [*overrides, "trainer.seed=0"], {"step": 20})
+    _write_run(tmp_path / "b-seed1", EXPERIMENT, [*overrides, "trainer.seed=1"])  # unfinished
+    rows = sweep.collect([sweep.Cell("a", EXPERIMENT, overrides, (0, 1)),
+                          sweep.Cell("b", EXPERIMENT, overrides, (0, 1)),
+                          sweep.Cell("c", EXPERIMENT, overrides)], tmp_path)
     assert [row.labels["name"] for row in rows] == ["a"]
 
 
@@ -305,7 +305,7 @@ def test_gan_mixture_sweep_tabulates_ema_and_live_over_seeds(tmp_path, monkeypat
 @pytest.mark.skipif(not hasattr(trainer, "write_summary"), reason="no summary.json yet")
 def test_command_line_sweeps_two_real_runs_then_reuses_them(tmp_path, capsys):
     root, table = tmp_path / "sweep", tmp_path / "table.md"
-    argv = [SPEC, "--root", str(root), "--axis", "loss.kind=am,softmax",
+    argv = [EXPERIMENT, "--root", str(root), "--axis", "loss.kind=am,softmax",
             "--set", "trainer.num_steps=20", "--columns", "results.top1:.4f",
             "best.metrics.map_at_r:.4f", "steps_per_sec:.1f", "--out", str(table)]
     assert sweep.main(argv) == 0

@@ -266,7 +266,7 @@ def test_quadratic_critic_r1_r2():
 
 
 # ----------------------------------------------------------------------------------------
-# penalty_points: the r(x) strategies put their points where SPEC §2.2 says.
+# penalty_points: the r(x) strategies put their points where docs/wgan_div.md §2.3 says.
 
 
 def fit_segment(point, start, end):
