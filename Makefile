@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench lint clean
+.PHONY: demo test test-all bench bench-gpu lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) launch.py bench
+
+# On a machine with a GPU: the gpu-marked kernel tests and the GPU attention benchmark sized
+# for a short lease (scripts/gpu_check.sh; results in runs/gpu_check). The full benchmark:
+# $(PY) launch.py bench attention_gpu
+bench-gpu: $(STAMP)
+	PYTHON=$(PY) OUT=runs/gpu_check bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
