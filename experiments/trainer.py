@@ -103,6 +103,22 @@ def default_config() -> ml_collections.ConfigDict:
     return config
 
 
+def with_epoch_defaults(config: ml_collections.ConfigDict, epochs: int,
+                        batches_per_epoch: int) -> ml_collections.ConfigDict:
+    """A copy of a trainer config for an experiment counted in epochs: `num_steps` 0 becomes
+    epochs × batches_per_epoch, and `eval_every` or `checkpoint_every` 0 becomes once per
+    epoch."""
+    resolved = config.copy_and_resolve_references()
+    with resolved.unlocked():
+        if not resolved.num_steps:
+            resolved.num_steps = epochs * batches_per_epoch
+        if not resolved.eval_every:
+            resolved.eval_every = batches_per_epoch
+        if not resolved.checkpoint_every:
+            resolved.checkpoint_every = batches_per_epoch
+    return resolved
+
+
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy of the trainer config with every "auto" replaced by what this process does."""
     resolved = ml_collections.ConfigDict(config.to_dict())

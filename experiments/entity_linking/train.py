@@ -272,18 +272,6 @@ def run(config, workdir: pathlib.Path) -> dict:
     return MODES[config.mode](config, workdir)
 
 
-def _resolved_trainer_config(config, batches_per_epoch: int):
-    resolved = config.trainer.copy_and_resolve_references()
-    with resolved.unlocked():
-        if not resolved.num_steps:
-            resolved.num_steps = config.epochs * batches_per_epoch
-        if not resolved.eval_every:
-            resolved.eval_every = batches_per_epoch
-        if not resolved.checkpoint_every:
-            resolved.checkpoint_every = batches_per_epoch
-    return resolved
-
-
 def end_to_end_figures(examples, decisions, inference, nil_threshold=None) -> dict:
     """The seed's F1 (gold without NIL, low scores dropped) of the decisions on `examples`."""
     gold = [scoring.gold_triples(e, with_nil=False) for e in examples]
@@ -370,8 +358,9 @@ def run_training(config, workdir: pathlib.Path) -> dict:
         "pruned": trainer.array_digest(np.asarray(sorted(removed), dtype=str))}
     task = trainer.Task(init_state=init_state, train_step=make_train_step(model, optimizer),
                         batches=batches, evaluate=evaluator, fingerprint=fingerprint)
-    result = trainer.train(task, _resolved_trainer_config(config, batches.batches_per_epoch),
-                           workdir)
+    trainer_config = trainer.with_epoch_defaults(config.trainer, config.epochs,
+                                                 batches.batches_per_epoch)
+    result = trainer.train(task, trainer_config, workdir)
 
     template = jax.eval_shape(init_state, jax.random.PRNGKey(0))
     best = trainer.load_state(workdir, template, step="best")

@@ -187,7 +187,8 @@ def run_training(config, workdir: pathlib.Path) -> dict[str, float]:
         batch_size=config.eval_batch_size,
         score_fn=lambda z, state: retrieval.retrieval_metrics(z, split.valid.group_ids))
 
-    trainer_config = _resolved_trainer_config(config, batches.batches_per_epoch)
+    trainer_config = trainer.with_epoch_defaults(config.trainer, config.epochs,
+                                                 batches.batches_per_epoch)
     task = trainer.Task(init_state=make_init_state(model, optimizer, maxlen),
                         train_step=make_train_step(model, optimizer, config.loss),
                         batches=batches, evaluate=evaluator,
@@ -215,19 +216,6 @@ def run_fingerprint(config, vocab, train_ids: np.ndarray, train_labels: np.ndarr
                 "eval_batch_size")),
             "vocabulary": vocab.digest(),
             "train_data": trainer.array_digest(train_ids, train_labels)}
-
-
-def _resolved_trainer_config(config, batches_per_epoch: int):
-    """Fills the per-epoch defaults (0 = once per epoch; num_steps 0 = epochs × epoch)."""
-    resolved = config.trainer.copy_and_resolve_references()
-    with resolved.unlocked():
-        if not resolved.num_steps:
-            resolved.num_steps = config.epochs * batches_per_epoch
-        if not resolved.eval_every:
-            resolved.eval_every = batches_per_epoch
-        if not resolved.checkpoint_every:
-            resolved.checkpoint_every = batches_per_epoch
-    return resolved
 
 
 def _load_trained(config, workdir: pathlib.Path):
