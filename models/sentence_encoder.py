@@ -12,7 +12,7 @@ losses take.
 
 Keras defaults reproduced (docs/index.md §2):
   - ``Embedding``: U(−0.05, 0.05); the pad id 0 has its own trainable vector.
-  - ``CuDNNGRU``: see `models.gru` (Glorot kernel, orthogonal recurrent kernel, two zero
+  - ``CuDNNGRU``: see `models.recurrent` (Glorot kernel, orthogonal recurrent kernel, two zero
     biases, reset-after gates, zero initial state).
   - ``K.l2_normalize``: x / sqrt(max(Σx², 1e-12)).
   - ``Dense`` kernel: Glorot-uniform (here followed by the unit-norm projection once, so
@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.gru import GRU
+from models.recurrent import GRU
 
 Array = jax.Array
 

@@ -1,4 +1,4 @@
-"""Tests for models.gru: parity with torch.nn.GRU (values and gradients), init, shapes."""
+"""Tests for models.recurrent.GRU: parity with torch.nn.GRU (values and gradients), init, shapes."""
 
 import functools
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.gru import GRU
+from models.recurrent import GRU
 
 BATCH, TIME, FEATURES, UNITS = 5, 7, 6, 4
 

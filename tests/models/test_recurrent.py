@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.gru import GRU
-from models.recurrent import LSTM, Bidirectional, LSTMState, reverse_valid_steps
+from models.recurrent import GRU, LSTM, Bidirectional, LSTMState, reverse_valid_steps
 
 BATCH, TIME, FEATURES, UNITS = 4, 6, 5, 3
 
