@@ -458,3 +458,271 @@ def beam_search(step_fn: StepFn, cache: Any, start_ids, *, beam_size: int, max_l
     stop = functools.partial(beam_search_can_stop, max_len=max_len, alpha=alpha)
     state = jax.lax.while_loop(lambda s: ~stop(s), step, state)
     return beam_search_result(state, alpha=alpha)
+
+
+# ------------------------------------------------------------------------------------------
+# Synchronous bidirectional beam search (https://kexue.fm/archives/6877; SB-NMT, Zhou, Zhang
+# and Zong, TACL 2019).
+#
+# Two directions decode at once, left-to-right (L2R) and right-to-left (R2L), each with K
+# hypotheses, and every step scores all K × K (L2R hypothesis a, R2L hypothesis c) pairs:
+#
+#     pair_step_fn(l2r_cache, r2l_cache, l2r_tokens, r2l_tokens, step)
+#       -> (l2r_probs, r2l_probs, l2r_cache, r2l_cache)
+#       l2r_tokens, r2l_tokens: (N,) int32, each hypothesis's last token (N = B·K);
+#       l2r_probs: (B, K, K, V) float, [b, a, c] = p(next L2R token | L2R prefix a, R2L
+#         prefix c); r2l_probs: (B, K, K, V), [b, a, c] = p(next R2L token | R2L prefix c,
+#         L2R prefix a); each row sums to 1;
+#       caches: pytrees with leading axis N, one per direction (each is reordered by its own
+#         direction's surviving parents).
+#
+# A direction's next-token distribution is the *probability* average over the other
+# direction's alive hypotheses (L2R over c, R2L over a), then log(p + 1e-6) as the post's
+# code; the direction's start and the ids in ``forbidden`` get −inf (the post drops pad,
+# unknown and the start id). Each direction then takes one `expand_beams` step (raw sums of
+# log-probs, alpha = 0). The stop rule is the post's of 2019-11 for each batch element: when
+# the best candidate of a direction at this step is one that has just ended and its score is
+# ≥ the best candidate score of the other direction, return it (L2R checked first); after L
+# steps, return the better of the two directions' best candidates. One departure: a
+# hypothesis that ends and is not returned is dropped (the post's code keeps it in the beam
+# and feeds it further tokens past its end); the K alive hypotheses are the best that have
+# not ended.
+
+
+class BidirectionalResult(NamedTuple):
+    """What `bidirectional_beam_search` returns.
+
+    Attributes:
+      sequences: (B, L) int32, the chosen hypothesis in reading (L2R) order, without start
+        or end tokens, ``pad_id`` after it.
+      lengths: (B,) int32, its tokens.
+      scores: (B,) float32, its Σ log(p + 1e-6) (the end token's included when finished).
+      directions: (B,) int32, 0 when the L2R search produced it, 1 for R2L.
+      finished: (B,) bool, whether it ended with its direction's end token.
+      steps: () int32, the steps run (all batch elements together).
+    """
+
+    sequences: Array
+    lengths: Array
+    scores: Array
+    directions: Array
+    finished: Array
+    steps: Array
+
+
+def _average_over_alive(probs: Array, alive_log_probs: Array, axis: int) -> Array:
+    """Mean of (B, K, K, V) ``probs`` over ``axis`` (1 or 2), over the alive other side.
+
+    ``alive_log_probs`` (B, K) belongs to the direction averaged over; empty slots (−inf)
+    carry garbage states and are left out.
+    """
+    weights = jnp.isfinite(alive_log_probs).astype(jnp.float32)  # [B, K]
+    weights = weights / jnp.maximum(jnp.sum(weights, axis=1, keepdims=True), 1.0)
+    shape = (weights.shape[0], 1, weights.shape[1], 1) if axis == 2 else (
+        weights.shape[0], weights.shape[1], 1, 1)
+    return jnp.sum(probs.astype(jnp.float32) * weights.reshape(shape), axis=axis)
+
+
+def _direction_log_probs(probs: Array, state: BeamState, *, start_id: int, eos_id: int,
+                         forbidden: tuple[int, ...], min_len: int,
+                         no_repeat_ngram_size: int) -> Array:
+    """(B, K, V) averaged probabilities → constrained log(p + 1e-6)."""
+    batch, beams, vocab = probs.shape
+    log_probs = jnp.log(probs + 1e-6)
+    banned = jnp.zeros((vocab,), bool).at[jnp.asarray((start_id, *forbidden))].set(True)
+    log_probs = jnp.where(banned, NEG_INF, log_probs).reshape(batch * beams, vocab)
+    max_len = state.alive_sequences.shape[-1]
+    log_probs = constrain_log_probs(log_probs, state.alive_sequences.reshape(-1, max_len),
+                                    state.step, eos_id=eos_id, min_len=min_len,
+                                    no_repeat_ngram_size=no_repeat_ngram_size)
+    # Empty slots stay empty: expand_beams adds −inf to every token of theirs anyway.
+    return log_probs.reshape(batch, beams, vocab)
+
+
+def _best(before: BeamState, log_probs: Array, after: BeamState, eos_id: int
+          ) -> tuple[Array, Array, Array, Array]:
+    """Per batch element, the best candidate of this step: an alive hypothesis of ``after``
+    or one of ``before``'s hypotheses ended now by ``eos_id``.
+
+    Returns:
+      (score (B,), ended (B,) bool, sequence (B, L) with the end token, length (B,)).
+    """
+    rows = jnp.arange(log_probs.shape[0])
+    end_scores = before.alive_log_probs + log_probs[..., eos_id]  # [B, K], −inf if empty
+    end_parent = jnp.argmax(end_scores, axis=1)
+    end_score = jnp.max(end_scores, axis=1)
+    end_sequences = _write_step(before.alive_sequences[rows, end_parent], before.step,
+                                jnp.full(rows.shape, eos_id, jnp.int32))
+    best_alive = jnp.argmax(after.alive_log_probs, axis=1)
+    alive_score = jnp.max(after.alive_log_probs, axis=1)
+    ended = jnp.isfinite(end_score) & (end_score >= alive_score)
+    sequences = jnp.where(ended[:, None], end_sequences, after.alive_sequences[rows, best_alive])
+    return jnp.maximum(end_score, alive_score), ended, sequences, jnp.full(rows.shape,
+                                                                            after.step)
+
+
+def _strip_and_orient(sequences: Array, lengths: Array, finished: Array, reverse: Array,
+                      pad_id: int) -> tuple[Array, Array]:
+    """Drops the end token of finished hypotheses and reverses R2L ones into reading order."""
+    lengths = lengths - finished.astype(jnp.int32)
+    positions = jnp.arange(sequences.shape[-1])[None, :]
+    source = jnp.where(reverse[:, None] & (positions < lengths[:, None]),
+                       lengths[:, None] - 1 - positions, positions)
+    oriented = jnp.take_along_axis(sequences, source, axis=1)
+    return jnp.where(positions < lengths[:, None], oriented, pad_id), lengths
+
+
+def bidirectional_beam_search(pair_step_fn: Callable, l2r_cache: Any, r2l_cache: Any, *,
+                              batch_size: int, beam_size: int, max_len: int,
+                              l2r_start_id: int, l2r_end_id: int, r2l_start_id: int,
+                              r2l_end_id: int, forbidden: tuple[int, ...] = (),
+                              min_len: int = 0, no_repeat_ngram_size: int = 0,
+                              pad_id: int = 0) -> BidirectionalResult:
+    """The post's synchronous bidirectional beam search (see the comment above).
+
+    Args:
+      pair_step_fn: ``(l2r_cache, r2l_cache, l2r_tokens (N,), r2l_tokens (N,), step ())
+        -> (l2r_probs (B, K, K, V), r2l_probs (B, K, K, V), l2r_cache, r2l_cache)``.
+      l2r_cache, r2l_cache: pytrees with leading axis B (repeated K times here).
+      batch_size: B (static).
+      beam_size: K per direction (static).
+      max_len: L, the most tokens per direction, end token included (static).
+      l2r_start_id, l2r_end_id, r2l_start_id, r2l_end_id: the token ids (the post's: 2, 3
+        for L2R and 3, 2 for R2L).
+      forbidden: ids neither direction may emit (the post's: pad 0 and unknown 1).
+      min_len, no_repeat_ngram_size: as in `beam_search`, per direction.
+      pad_id: fills the sequences.
+
+    Returns:
+      `BidirectionalResult`.
+    """
+    _validate(max_len=max_len, min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size,
+              beam_size=beam_size)
+    start = lambda token: jnp.full((batch_size,), token, jnp.int32)  # noqa: E731
+    init = functools.partial(init_beam_state, beam_size=beam_size, max_len=max_len,
+                             pad_id=pad_id)
+    l2r, r2l = init(l2r_cache, start(l2r_start_id)), init(r2l_cache, start(r2l_start_id))
+    common = dict(forbidden=tuple(forbidden), min_len=min_len,
+                  no_repeat_ngram_size=no_repeat_ngram_size)
+    empty = (jnp.full((batch_size,), NEG_INF, jnp.float32),
+             jnp.full((batch_size, max_len), pad_id, jnp.int32),
+             jnp.zeros((batch_size,), jnp.int32), jnp.zeros((batch_size,), jnp.int32),
+             jnp.zeros((batch_size,), bool), jnp.zeros((batch_size,), bool))
+
+    def body(carry):
+        l2r, r2l, done, result = carry
+        l2r_probs, r2l_probs, l2r_cache, r2l_cache = pair_step_fn(
+            l2r.cache, r2l.cache, l2r.last_tokens.reshape(-1), r2l.last_tokens.reshape(-1),
+            l2r.step)
+        l2r_lp = _direction_log_probs(_average_over_alive(l2r_probs, r2l.alive_log_probs, 2),
+                                      l2r, start_id=l2r_start_id, eos_id=l2r_end_id, **common)
+        r2l_lp = _direction_log_probs(_average_over_alive(r2l_probs, l2r.alive_log_probs, 1),
+                                      r2l, start_id=r2l_start_id, eos_id=r2l_end_id, **common)
+        new_l2r = expand_beams(l2r, l2r_lp, l2r_cache, eos_id=l2r_end_id)
+        new_r2l = expand_beams(r2l, r2l_lp, r2l_cache, eos_id=r2l_end_id)
+        l_score, l_fin, l_seq, l_len = _best(l2r, l2r_lp, new_l2r, l2r_end_id)
+        r_score, r_fin, r_seq, r_len = _best(r2l, r2l_lp, new_r2l, r2l_end_id)
+        l2r, r2l = new_l2r, new_r2l
+        take_l2r = l_fin & (l_score >= r_score)
+        take_r2l = ~take_l2r & r_fin & (r_score >= l_score)
+        last = l2r.step >= max_len
+        # After L steps: the better of the two bests (L2R on a tie, as it is checked first).
+        pick_l2r = take_l2r | (~take_r2l & last & (l_score >= r_score))
+        stop = ~done & (take_l2r | take_r2l | last)
+        chosen = (jnp.where(pick_l2r, l_score, r_score),
+                  jnp.where(pick_l2r[:, None], l_seq, r_seq),
+                  jnp.where(pick_l2r, l_len, r_len),
+                  jnp.where(pick_l2r, 0, 1).astype(jnp.int32),
+                  jnp.where(pick_l2r, l_fin, r_fin), ~pick_l2r)
+        result = tuple(jnp.where(stop.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+                       for new, old in zip(chosen, result))
+        return l2r, r2l, done | stop, result
+
+    def not_done(carry):
+        return ~jnp.all(carry[2])
+
+    l2r, _, _, result = jax.lax.while_loop(
+        not_done, body, (l2r, r2l, jnp.zeros((batch_size,), bool), empty))
+    scores, sequences, lengths, directions, finished, reverse = result
+    sequences, lengths = _strip_and_orient(sequences, lengths, finished, reverse, pad_id)
+    return BidirectionalResult(sequences, lengths, scores, directions, finished, l2r.step)
+
+
+def reference_bidirectional_beam_search(pair_probs_fn: Callable, *, batch_size: int,
+                                        beam_size: int, max_len: int, l2r_start_id: int,
+                                        l2r_end_id: int, r2l_start_id: int, r2l_end_id: int,
+                                        forbidden: tuple[int, ...] = (), min_len: int = 0,
+                                        no_repeat_ngram_size: int = 0) -> list[dict]:
+    """`bidirectional_beam_search` in plain Python, re-running the model on whole prefixes.
+
+    Args:
+      pair_probs_fn: ``(b, l2r_prefix, r2l_prefix) -> (l2r_probs (V,), r2l_probs (V,))``
+        for batch element b, with prefixes as lists of ids starting with their start id.
+      other arguments: as `bidirectional_beam_search`.
+
+    Returns:
+      one dict per batch element: "tokens" (list, reading order, no start or end),
+      "score", "direction" (0 or 1), "finished".
+    """
+    import numpy as np
+
+    def allowed(prefix, token, start_id, end_id):
+        generated = prefix[1:]
+        if token == start_id or token in forbidden:
+            return False
+        if token == end_id and len(generated) < min_len:
+            return False
+        n = no_repeat_ngram_size
+        if n > 0:
+            gram = tuple(generated[len(generated) - n + 1:]) + (token,) if n > 1 else (token,)
+            if len(generated) >= n - 1 and any(
+                    tuple(generated[p:p + n]) == gram for p in range(len(generated) - n + 1)):
+                return False
+        return True
+
+    results = []
+    for b in range(batch_size):
+        alive = {0: [([l2r_start_id], 0.0)], 1: [([r2l_start_id], 0.0)]}
+        finished = {0: [], 1: []}
+        ids = {0: (l2r_start_id, l2r_end_id), 1: (r2l_start_id, r2l_end_id)}
+        chosen = None
+        for _ in range(max_len):
+            pairs = {(a, c): pair_probs_fn(b, alive[0][a][0], alive[1][c][0])
+                     for a in range(len(alive[0])) for c in range(len(alive[1]))}
+            new_alive = {}
+            for d in (0, 1):
+                candidates, ends = [], []
+                for own, (prefix, score) in enumerate(alive[d]):
+                    others = range(len(alive[1 - d]))
+                    key = (lambda o: (own, o)) if d == 0 else (lambda o: (o, own))  # noqa
+                    probs = np.mean([pairs[key(o)][d] for o in others], axis=0)
+                    for token, p in enumerate(probs):
+                        if not allowed(prefix, token, *ids[d]):
+                            continue
+                        entry = (prefix + [token], score + float(np.log(p + 1e-6)))
+                        (ends if token == ids[d][1] else candidates).append(entry)
+                finished[d] = sorted(ends, key=lambda e: -e[1])[:1]  # this step's only
+                new_alive[d] = sorted(candidates, key=lambda e: -e[1])[:beam_size]
+            alive = new_alive
+            best = {}
+            for d in (0, 1):
+                top_alive = max((s for _, s in alive[d]), default=-np.inf)
+                top_finished = finished[d][0][1] if finished[d] else -np.inf
+                if finished[d] and top_finished >= top_alive:
+                    best[d] = (finished[d][0][0], top_finished, True)
+                else:
+                    best[d] = (max(alive[d], key=lambda e: e[1])[0], top_alive, False)
+            for d in (0, 1):
+                if best[d][2] and best[d][1] >= best[1 - d][1]:
+                    chosen = (d, best[d])
+                    break
+            if chosen:
+                break
+        if chosen is None:
+            d = 0 if best[0][1] >= best[1][1] else 1
+            chosen = (d, best[d])
+        d, (prefix, score, is_finished) = chosen
+        tokens = prefix[1:-1] if is_finished else prefix[1:]
+        results.append({"tokens": tokens[::-1] if d else tokens, "score": score,
+                        "direction": d, "finished": is_finished})
+    return results

@@ -310,3 +310,118 @@ def test_cache_without_batch_axis_is_refused():
         decoding.beam_search(markov_step_fn(markov_tables(0)),
                              {"row": jnp.arange(2), "prev": jnp.int32(1)},
                              jnp.array([START, START]), beam_size=2, max_len=3, eos_id=EOS)
+
+
+# ------------------------------------------------------------------------------------------
+# Synchronous bidirectional beam search against its plain-Python reference.
+
+BI_VOCAB = 7            # 0 pad, 1 unknown, 2 and 3 the start/end pair, 4..6 content
+BI_HASH = 11            # prefixes are hashed into this many states
+
+
+def pair_tables(seed, batch, end_boost=0.0):
+    """Random log-potentials: L2R and R2L next-token logits from both prefixes' hashes."""
+    rng = np.random.default_rng(seed)
+    tables = rng.normal(size=(4, batch, BI_HASH, BI_VOCAB)) * 2.0
+    tables[..., 2:4] += end_boost  # both end ids (2 is R2L's end, 3 L2R's)
+    return tables
+
+
+def prefix_hash(prefix):
+    state = 0
+    for token in prefix:
+        state = (state * 7 + token + 1) % BI_HASH
+    return state
+
+
+def pair_logits(tables, b, own, other, direction):
+    """Own table at the own prefix's hash plus the cross table at the other's."""
+    return tables[2 * direction, b, own] + tables[2 * direction + 1, b, other]
+
+
+def softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def reference_probs(tables):
+    def pair_probs(b, l2r_prefix, r2l_prefix):
+        hl, hr = prefix_hash(l2r_prefix), prefix_hash(r2l_prefix)
+        return (softmax(pair_logits(tables, b, hl, hr, 0)),
+                softmax(pair_logits(tables, b, hr, hl, 1)))
+    return pair_probs
+
+
+def fast_pair_step(tables, batch, beams):
+    """The same model with the prefix hash as each direction's cache."""
+    tables = jnp.asarray(tables, jnp.float32)
+    rows = jnp.arange(batch)[:, None]
+
+    def step(l2r_hash, r2l_hash, l2r_tokens, r2l_tokens, step_index):
+        del step_index
+        l2r_hash = (l2r_hash * 7 + l2r_tokens + 1) % BI_HASH
+        r2l_hash = (r2l_hash * 7 + r2l_tokens + 1) % BI_HASH
+        hl, hr = l2r_hash.reshape(batch, beams), r2l_hash.reshape(batch, beams)
+        # [b, a, c]: L2R prefix a with R2L prefix c.
+        l2r = tables[0][rows, hl][:, :, None] + tables[1][rows, hr][:, None, :]
+        r2l = tables[2][rows, hr][:, None, :] + tables[3][rows, hl][:, :, None]
+        return jax.nn.softmax(l2r), jax.nn.softmax(r2l), l2r_hash, r2l_hash
+    return step
+
+
+BI_IDS = dict(l2r_start_id=2, l2r_end_id=3, r2l_start_id=3, r2l_end_id=2, forbidden=(0, 1))
+
+
+@pytest.mark.parametrize("seed,beams,max_len,end_boost,extra", [
+    (0, 3, 6, 0.0, {}),
+    (1, 2, 5, 1.5, {}),
+    (2, 3, 4, -3.0, {}),           # rarely ends: the after-L-steps rule decides
+    (3, 3, 6, 2.0, {"min_len": 2}),
+    (4, 2, 6, 0.0, {"no_repeat_ngram_size": 1}),
+])
+def test_bidirectional_beam_matches_the_python_reference(seed, beams, max_len, end_boost,
+                                                         extra):
+    batch = 4
+    tables = pair_tables(seed, batch, end_boost)
+    zeros = jnp.zeros((batch,), jnp.int32)
+    search = jax.jit(lambda: decoding.bidirectional_beam_search(
+        fast_pair_step(tables, batch, beams), zeros, zeros, batch_size=batch,
+        beam_size=beams, max_len=max_len, **BI_IDS, **extra))
+    result = jax.device_get(search())
+    expected = decoding.reference_bidirectional_beam_search(
+        reference_probs(tables), batch_size=batch, beam_size=beams, max_len=max_len,
+        **BI_IDS, **extra)
+    for b, want in enumerate(expected):
+        got = result.sequences[b, :result.lengths[b]].tolist()
+        assert got == want["tokens"], (b, want)
+        assert result.directions[b] == want["direction"]
+        assert bool(result.finished[b]) == want["finished"]
+        np.testing.assert_allclose(result.scores[b], want["score"], rtol=1e-5, atol=1e-5)
+        assert np.all(result.sequences[b, result.lengths[b]:] == 0)
+
+
+def test_bidirectional_beam_uses_both_directions_and_the_stop_rule():
+    """Across seeds both directions win sometimes, and an R2L winner is returned reversed."""
+    batch, beams = 16, 3
+    tables = pair_tables(7, batch, 1.0)
+    zeros = jnp.zeros((batch,), jnp.int32)
+    result = jax.device_get(decoding.bidirectional_beam_search(
+        fast_pair_step(tables, batch, beams), zeros, zeros, batch_size=batch,
+        beam_size=beams, max_len=6, **BI_IDS))
+    assert set(result.directions.tolist()) == {0, 1}
+    expected = decoding.reference_bidirectional_beam_search(
+        reference_probs(tables), batch_size=batch, beam_size=beams, max_len=6, **BI_IDS)
+    assert [e["direction"] for e in expected] == result.directions.tolist()
+
+
+def test_average_over_alive_ignores_empty_slots():
+    probs = jnp.asarray(np.random.default_rng(0).dirichlet(np.ones(3), (1, 2, 2)),
+                        jnp.float32)  # [1, K=2, K=2, V=3]
+    alive = jnp.array([[0.0, -jnp.inf]])
+    np.testing.assert_allclose(decoding._average_over_alive(probs, alive, 2),
+                               probs[:, :, 0], rtol=1e-6)
+    np.testing.assert_allclose(decoding._average_over_alive(probs, alive, 1),
+                               probs[:, 0, :], rtol=1e-6)
+    both = jnp.zeros((1, 2))
+    np.testing.assert_allclose(decoding._average_over_alive(probs, both, 2),
+                               probs.mean(2), rtol=1e-6)
