@@ -175,7 +175,9 @@ class EntityLinker(nn.Module):
         """
         query_mask, description_mask = char_ids > 0, description_ids > 0
         chosen = [FEATURES.index(name) for name in self.features]
-        y = link_features[..., jnp.asarray(chosen, jnp.int32)].astype(q0.dtype)  # [B, T, F]
+        # jnp.take, not x[..., idx]: a numpy `link_features` cannot be indexed by a tracer.
+        y = jnp.take(link_features, jnp.asarray(chosen, jnp.int32), axis=-1)
+        y = y.astype(q0.dtype)                                              # [B, T, F]
         q, _ = self.link_lstm(jnp.concatenate([q0, y], axis=-1), mask=query_mask)
         span = (link_features[..., 0] > 0) & query_mask
         mention = masked_mean(q, span)                                      # [B, 2H]

@@ -1,6 +1,6 @@
 """CCKS2019 entity linking: max-match NER and joint NER + linking (kexue.fm/archives/6919).
 
-Parts (see docs/entity_linking.md once written):
+Parts (docs/entity_linking.md):
 
 * `kb`: readers for the competition's `kb_data` and annotated `train.json` / `develop.json`
   files (every record checked, offsets against their texts), the alias index `kb2id` and
