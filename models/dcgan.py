@@ -35,8 +35,16 @@ modules): ``wgan_div`` (the class defaults), ``dcgan``, ``wgan_gp`` and ``wgan_s
 loss.
 
 The norm layer is a field: a factory called as ``norm(use_running_average=not train)``
-that returns a module applied to the features; ``None`` removes every norm layer. Any
-flax norm works through a partial, e.g. ``lambda use_running_average: nn.LayerNorm()``.
+that returns a module applied to the features; ``None`` removes every norm layer. In the
+critic any flax norm works through a partial, e.g. ``lambda use_running_average:
+nn.LayerNorm()``; the generator's norm is also given the `models.gan_norms.Condition`
+(latent and labels), as every norm of `models.gan_norms.NORMS` takes it, so conditional BN,
+SELF-MOD and AdaIN go in unchanged (docs/gan_architectures.md).
+
+Both nets take an optional SAGAN self-attention block (``attention``, a factory of
+`models.gan_norms.SelfAttention`) after the layer whose output has side
+``attention_resolution``; the critic takes class labels for a projection head
+(``num_classes``) and can output a vector (``head_features``: O-GAN's encoder).
 """
 
 import functools
@@ -47,11 +55,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models import gan_norms
 from models import spectral_norm as sn
 
 Array = jax.Array
 Initializer = nn.initializers.Initializer
 NormFactory = Callable[..., nn.Module]
+ModuleFactory = Callable[[], nn.Module]
 
 # The final feature map of both nets is 4×4 (f_size = R / 2^(num_layers + 1) in the seed).
 FEATURE_MAP_SIZE = 4
@@ -135,6 +145,13 @@ class ConvTranspose(nn.Module):
         return y
 
 
+def maybe_attend(h: Array, attention: ModuleFactory | None, resolution: int) -> Array:
+    """h (B, S, S, C) through a new attention block when S is `resolution`, else h."""
+    if attention is None or h.shape[1] != resolution:
+        return h
+    return attention()(h)
+
+
 def _check_positive(name: str, value: int) -> None:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
@@ -155,8 +172,13 @@ class Generator(nn.Module):
       out_channels: image channels (3).
       use_bias: biases on the dense and transposed-conv layers (the seed has them).
       kernel_init: for every kernel (seed N(0, 0.02); Keras Glorot in §2.5).
-      norm: norm factory (see module docstring), or None.
+      norm: norm factory (see module docstring; `models.gan_norms.NORMS`), or None.
+      norm_before_reshape: normalise the dense layer's flat 4·4·max features per unit
+        before the reshape (the W-div seed) or, False, the (4, 4, max) map per channel
+        after it (the SELF-MOD / O-GAN seed, docs/gan_architectures.md).
       conv_transpose: the transposed conv every `ConvTranspose` runs (see there).
+      attention: factory of a self-attention block, or None.
+      attention_resolution: the side after which the block runs (0: none).
     """
 
     resolution: int = 128
@@ -166,8 +188,11 @@ class Generator(nn.Module):
     out_channels: int = 3
     use_bias: bool = True
     kernel_init: Initializer = DCGAN_INIT
-    norm: NormFactory | None = KERAS_BATCH_NORM
+    norm: NormFactory | None = gan_norms.BatchNorm
+    norm_before_reshape: bool = True
     conv_transpose: Callable[..., Array] = jax.lax.conv_transpose
+    attention: ModuleFactory | None = None
+    attention_resolution: int = 0
 
     def __post_init__(self):
         num_layers(self.resolution)
@@ -175,17 +200,18 @@ class Generator(nn.Module):
             _check_positive(name, getattr(self, name))
         super().__post_init__()
 
-    def _normalize(self, x: Array, train: bool) -> Array:
+    def _normalize(self, x: Array, condition: gan_norms.Condition, train: bool) -> Array:
         if self.norm is None:
             return x
-        return self.norm(use_running_average=not train)(x)
+        return self.norm(use_running_average=not train)(x, condition)
 
     @nn.compact
-    def __call__(self, z: Array, *, train: bool) -> Array:
+    def __call__(self, z: Array, labels: Array | None = None, *, train: bool) -> Array:
         """Generates images.
 
         Args:
           z: (B, Z) float latents.
+          labels: (B,) int class labels for a class-conditional norm, or None.
           train: batch statistics (and their moving-average update) vs moving averages.
 
         Returns:
@@ -201,13 +227,20 @@ class Generator(nn.Module):
             use_bias=self.use_bias,
             kernel_init=self.kernel_init,
         )(z)  # [B, 16·max]
-        h = nn.relu(self._normalize(h, train))
+        condition = gan_norms.Condition(z=z, labels=labels)
+        if self.norm_before_reshape:
+            h = self._normalize(h, condition, train)
         h = h.reshape(z.shape[0], FEATURE_MAP_SIZE, FEATURE_MAP_SIZE, widths[0])
+        if not self.norm_before_reshape:
+            h = self._normalize(h, condition, train)
+        h = nn.relu(h)
         upsample = functools.partial(ConvTranspose, kernel_size=kernel, strides=(2, 2),
                                      use_bias=self.use_bias, kernel_init=self.kernel_init,
                                      conv_transpose=self.conv_transpose)
+        h = maybe_attend(h, self.attention, self.attention_resolution)
         for features in widths[1:]:
-            h = nn.relu(self._normalize(upsample(features)(h), train))
+            h = nn.relu(self._normalize(upsample(features)(h), condition, train))
+            h = maybe_attend(h, self.attention, self.attention_resolution)
         h = upsample(self.out_channels)(h)  # [B, R, R, out_channels]
         return jnp.tanh(h)
 
@@ -238,6 +271,12 @@ class Critic(nn.Module):
       conv_general_dilated: the convolution every conv runs, as ``nn.Conv`` takes it;
         ``kernels.conv.patch_matmul_conv`` gives the same values with derivatives that
         XLA:CPU runs far faster (``kernels.conv.conv_for_backend``).
+      num_classes: K > 0 adds the projection term ⟨embed(y), pooled features⟩ to the score
+        (class-conditional critic); 0: unconditional.
+      head_features: outputs of the dense head: 1 gives (B,) scores, more a (B, F) vector
+        (O-GAN's encoder E, docs/gan_architectures.md).
+      attention: factory of a self-attention block, or None.
+      attention_resolution: the side after which the block runs (0: none).
     """
 
     resolution: int = 128
@@ -253,10 +292,14 @@ class Critic(nn.Module):
     spectral_norm: bool = False
     sn_power_iterations: int = 1
     conv_general_dilated: Callable[..., Array] = jax.lax.conv_general_dilated
+    num_classes: int = 0
+    head_features: int = 1
+    attention: ModuleFactory | None = None
+    attention_resolution: int = 0
 
     def __post_init__(self):
         num_layers(self.resolution)
-        for name in ("base_channels", "kernel_size", "sn_power_iterations"):
+        for name in ("base_channels", "kernel_size", "sn_power_iterations", "head_features"):
             _check_positive(name, getattr(self, name))
         super().__post_init__()
 
@@ -268,15 +311,17 @@ class Critic(nn.Module):
         )
 
     @nn.compact
-    def __call__(self, x: Array, *, train: bool) -> Array:
+    def __call__(self, x: Array, labels: Array | None = None, *, train: bool) -> Array:
         """Scores images.
 
         Args:
           x: (B, R, R, C) float images, scaled to [−1, 1].
+          labels: (B,) int labels (needed when `num_classes` > 0; ignored otherwise).
           train: batch statistics and spectral-norm state updates vs stored ones.
 
         Returns:
-          (B,) float scores (logits for the DCGAN loss).
+          (B,) float scores (logits for the DCGAN loss); (B, head_features) when
+          head_features > 1.
         """
         if x.ndim != 4 or x.shape[1:3] != (self.resolution, self.resolution):
             raise ValueError(
@@ -298,9 +343,23 @@ class Critic(nn.Module):
             if i > 0 and self.norm is not None:  # DCGAN: no BN on the first conv
                 h = self.norm(use_running_average=not train)(h)
             h = nn.leaky_relu(h, negative_slope=self.negative_slope)
+            h = maybe_attend(h, self.attention, self.attention_resolution)
         h = self.pool(h)  # [B, F]
-        head = nn.Dense(1, use_bias=self.head_use_bias, kernel_init=self.head_kernel_init)
-        return self._linear(head, h, train)[:, 0]
+        head = nn.Dense(self.head_features, use_bias=self.head_use_bias,
+                        kernel_init=self.head_kernel_init)
+        out = self._linear(head, h, train)
+        return score_head(out, h, labels, self.num_classes)
+
+
+def score_head(out: Array, features: Array, labels: Array | None, num_classes: int) -> Array:
+    """A critic's output from its dense head: (B,) scores plus the projection term when
+    class-conditional, or the (B, F) vector of a multi-output head as it is."""
+    if out.shape[-1] > 1:
+        return out
+    scores = out[:, 0]
+    if num_classes:
+        scores = scores + gan_norms.projection_score(features, labels, num_classes)
+    return scores
 
 
 # The four nets of the seed's repository (docs/wgan_div.md §3.2). Every row is a partial, so any
@@ -326,6 +385,10 @@ CRITICS: dict[str, Callable[..., Critic]] = {
         spectral_norm=True,
         norm=sn.UnitNormScaleBatchNorm,  # the seed's SN of BN γ
     ),
+    # O-GAN's encoder (o_gan_celeba_sm_4x4.py, docs/gan_architectures.md): 4×4 convs with
+    # bias, LeakyReLU 0.2, Flatten, Dense(Z) with bias (head_features=Z set by the trunk).
+    "ogan": functools.partial(Critic, kernel_size=4, conv_use_bias=True, pool=flatten,
+                              head_use_bias=True),
 }
 
 GENERATORS: dict[str, Callable[..., Generator]] = {
@@ -333,4 +396,6 @@ GENERATORS: dict[str, Callable[..., Generator]] = {
     "dcgan": _KERAS_DEFAULT_GENERATOR,
     "wgan_gp": _KERAS_DEFAULT_GENERATOR,
     "wgan_sn": _KERAS_DEFAULT_GENERATOR,
+    # O-GAN / SELF-MOD seed: 4×4 transposed convs, the dense layer's norm after the reshape.
+    "ogan": functools.partial(Generator, kernel_size=4, norm_before_reshape=False),
 }

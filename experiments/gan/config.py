@@ -20,6 +20,21 @@ Variants are the presets of SPEC §2.3–§2.5 plus "smoke" (tests) and "demo" (
 Every column is an independent config value: `--config.penalty.kind=r1` on the dcgan preset,
 `--config.steps.critic=5` on wgan_div, and so on.
 
+Architecture presets (https://kexue.fm/archives/6549, docs/gan_architectures.md), all on
+image data (`--config.data.path=DIR`; gan:cbn reads the Olivetti faces GIF):
+
+| variant       | post section   | trunk         | generator norm  | objective            |
+|---------------|----------------|---------------|-----------------|----------------------|
+| resnet        | ResNet (§3.2)  | resnet, α=0.1 | bn              | WGAN-div (seed)      |
+| selfmod       | SELF-MOD (§3.4)| dcgan (ogan G)| self_mod, 128   | WGAN-div (seed)      |
+| stylegan_lite | AdaIN (§3.5)   | stylegan_lite | adain           | WGAN-div (seed)      |
+| ogan          | O-GAN (§3.7)   | dcgan (ogan)  | self_mod, 128   | O-GAN, RMSprop 1e-4  |
+| cbn           | Cond. BN (§3.3)| dcgan         | conditional_bn  | WGAN-div, projection |
+
+Trunk (`model.trunk`), generator norm (`model.norm`), SAGAN attention
+(`model.attention.resolution`, `.pattern`) and loss are independent switches:
+`--config.model.trunk=resnet --config.model.norm=self_mod` is the SELF-MOD ResNet.
+
 The default data is the embedded 2-D mixture benchmark (`experiments.gan.mixture`; 8 modes on a
 ring, or 25 on a grid) with the MLP nets of `models.mlp_gan`: it needs no files. With
 `data.kind=images` the preset's DCGAN nets (`models.dcgan.CRITICS` / `GENERATORS`) train on an
@@ -35,18 +50,25 @@ import ml_collections
 from experiments import configs, trainer
 from experiments.configs import ConfigError
 from kernels import conv, gan_losses, gradient_penalty
-from models import dcgan
+from models import dcgan, gan_norms, gan_trunks, transformer
 
 PRESETS = ("wgan_div", "wgan_div_paper", "dcgan", "wgan_gp", "wgan_sn")
-VARIANTS = ("",) + PRESETS + ("smoke", "demo")
-LOSSES = tuple(gan_losses.GAN_LOSSES)
+ARCHITECTURE_PRESETS = ("resnet", "selfmod", "stylegan_lite", "ogan", "cbn")
+VARIANTS = ("",) + PRESETS + ARCHITECTURE_PRESETS + ("smoke", "demo")
+# The GAN losses of kernels.gan_losses, and O-GAN's own objective (experiments.gan.ogan).
+OGAN = "ogan"
+LOSSES = tuple(gan_losses.GAN_LOSSES) + (OGAN,)
 PENALTIES = ("none", "wgan_div", "wgan_gp", "r1", "r2")  # what train.make_penalty builds
-DATA_KINDS = ("mixture", "images")
+DATA_KINDS = ("mixture", "images", "olivetti")
 MIXTURES = ("ring", "grid")                                  # experiments.gan.mixture
+LABELS = ("none", "subfolders")   # data.labels: class = the first sub-folder under data.path
+TRUNKS = tuple(gan_trunks.TRUNKS)
+NORMS = tuple(gan_norms.NORMS)
 
 # What defines a trained generator and critic, for any mode that reads a training run's
 # WORKDIR/config.json instead of training (experiments.configs.merge_trained).
-TRAINED_FIELDS = ("model", "data.kind", "data.mixture", "data.resolution")
+TRAINED_FIELDS = ("model", "data.kind", "data.mixture", "data.resolution", "data.labels",
+                  "data.classes", "loss")
 
 
 def _adam(learning_rate: float, b1: float, b2: float, eps: float) -> ml_collections.ConfigDict:
@@ -92,6 +114,10 @@ def _base_config() -> ml_collections.ConfigDict:
     config.data.skip_bad = False      # images: skip (and count) undecodable files
     config.data.cache_dir = ""        # images: where the decoded uint8 .npy goes ("": workdir)
     config.data.num_eval_images = 1000  # images: held-out real images for the SWD
+    # Class labels for conditional training: "subfolders" = one class per sub-folder of
+    # data.path (data.kind=olivetti: always the 40 identities).
+    config.data.labels = "none"
+    config.data.classes = ""          # subfolders: comma-separated names to use ("": all)
 
     config.model = ml_collections.ConfigDict()
     # data.kind=mixture: the MLP nets (models.mlp_gan, WGAN-GP's gan_toy.py sizes).
@@ -111,6 +137,27 @@ def _base_config() -> ml_collections.ConfigDict:
     # GPU/TPU; the values are the same.
     config.model.dcgan.conv = "auto"
     config.model.sn_power_iterations = 1       # wgan_sn critic (models.spectral_norm)
+    # Image nets: the trunk (models.gan_trunks.TRUNKS) and the generator's norm
+    # (models.gan_norms.NORMS), independent switches (docs/gan_architectures.md).
+    config.model.trunk = "dcgan"      # dcgan | resnet | stylegan_lite
+    config.model.norm = "bn"          # bn | none | layer_norm | conditional_bn | self_mod | adain
+    # SELF-MOD's MLP hidden width: the author's code uses z_dim = 128, the paper's 32.
+    config.model.self_mod_hidden = 128
+    config.model.residual_scale = 0.1  # resnet: x + α·f(x) (the post: α < 1, e.g. 0.1)
+    config.model.mapping_layers = 4    # stylegan_lite: depth of the z → w MLP (StyleGAN: 8)
+    # SAGAN self-attention in both nets after the layer of this side (0: none); the pattern
+    # as the sparse LM's model.pattern ("full", "local:16", "atrous:4", ...).
+    config.model.attention = ml_collections.ConfigDict()
+    config.model.attention.resolution = 0
+    config.model.attention.pattern = "full"
+
+    # O-GAN (loss=ogan, https://kexue.fm/archives/6409): the seed's weights, one RMSprop.
+    config.ogan = ml_collections.ConfigDict()
+    config.ogan.correlation_weight = 0.5   # λ₂ (o_gan_celeba_sm_4x4.py; 1.0 at 256 px)
+    config.ogan.penalty_weight = 0.25      # λ₁ of the gradient-ratio penalty R
+    config.ogan.learning_rate = 1e-4       # RMSprop(1e-4, ρ = 0.99, ε = 1e-7 Keras)
+    config.ogan.decay = 0.99
+    config.ogan.eps = 1e-7
 
     config.samples = ml_collections.ConfigDict()
     config.samples.grid_side = 8      # images: an 8×8 grid from a fixed latent batch
@@ -160,8 +207,33 @@ def _apply_preset(config: ml_collections.ConfigDict, preset: str) -> None:
         config.steps.critic = 5
 
 
+def _apply_architecture_preset(config: ml_collections.ConfigDict, preset: str) -> None:
+    """The post's architectures (https://kexue.fm/archives/6549) on images at 64 px."""
+    config.data.kind = "images"
+    if preset == "resnet":            # post §ResNet: residual blocks, α = 0.1
+        config.model.trunk = "resnet"
+    elif preset == "selfmod":         # post §SELF-MOD: the author's SELF-MOD G, W-div critic
+        config.model.norm = "self_mod"
+        config.model.dcgan.generator = "ogan"
+    elif preset == "stylegan_lite":   # post §AdaIN/StyleGAN, without progressive growing
+        config.model.trunk = "stylegan_lite"
+        config.model.norm = "adain"
+    elif preset == "ogan":            # o_gan_celeba_sm_4x4.py (https://kexue.fm/archives/6409)
+        config.loss = OGAN
+        config.penalty.kind = "none"
+        config.model.norm = "self_mod"
+        config.model.dcgan.generator = "ogan"
+        config.model.dcgan.critic = "ogan"
+    elif preset == "cbn":             # post §Conditional BN: 40 Olivetti identities
+        config.data.kind = "olivetti"
+        config.data.resolution = 32
+        config.data.num_eval_images = 80
+        config.model.norm = "conditional_bn"
+
+
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-    """A preset of SPEC §2.3–§2.5, "smoke" or "demo"; "" is the seed's WGAN-div.
+    """A preset of SPEC §2.3–§2.5 or of the architecture post, "smoke" or "demo"; "" is
+    the seed's WGAN-div.
 
     Raises:
       ConfigError: for an unknown variant.
@@ -172,6 +244,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = _base_config()
     if variant in PRESETS:
         _apply_preset(config, variant)
+    if variant in ARCHITECTURE_PRESETS:
+        _apply_architecture_preset(config, variant)
     if variant == "demo":
         # WGAN-div with the seed's settings on the 8-ring; about a minute on 2 CPU cores.
         config.model.mlp.width = 128
@@ -226,14 +300,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
     configs.require_choice(config, "data.kind", DATA_KINDS)
     configs.require_int(config, "model.sn_power_iterations", 1)
     configs.require_trainer(config)
+    configs.require_choice(config, "model.trunk", TRUNKS)
+    configs.require_choice(config, "model.norm", NORMS)
+    configs.require_choice(config, "data.labels", LABELS)
     if config.data.kind == "mixture":
         configs.require_choice(config, "data.mixture", MIXTURES)
         for name in ("z_dim", "width", "num_hidden"):
             configs.require_int(config, f"model.mlp.{name}", 1)
         configs.require_int(config, "samples.num_points", 1)
+        for key, default in (("model.trunk", "dcgan"), ("model.norm", "bn"),
+                             ("data.labels", "none")):
+            require(_get(config, key) == default, key, _get(config, key),
+                    "the 2-D mixtures train the MLP nets: set data.kind=images")
+        require(config.loss != OGAN, "loss", config.loss,
+                "O-GAN needs image nets: set data.kind=images")
         return
     require(bool(config.data.path), "data.path", config.data.path,
-            "data.kind=images needs --config.data.path=FOLDER")
+            f"data.kind={config.data.kind} needs --config.data.path="
+            + ("FOLDER" if config.data.kind == "images" else "olivettifaces.gif"))
+    _validate_architecture(config)
     resolution = config.data.resolution
     require(_is_power_of_two(resolution) and resolution >= dcgan.MIN_RESOLUTION,
             "data.resolution", resolution,
@@ -247,6 +332,75 @@ def validate(config: ml_collections.ConfigDict) -> None:
     configs.require_int(config, "samples.grid_side", 1)
     configs.require_int(config, "data.num_eval_images", 2,
                         "the sliced Wasserstein distance compares two sets of images")
+
+
+def _get(config, key: str):
+    node = config
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def is_labelled(config: ml_collections.ConfigDict) -> bool:
+    """Whether the run trains on class labels (Olivetti, or sub-folders as classes)."""
+    return config.data.kind == "olivetti" or (
+        config.data.kind == "images" and config.data.labels == "subfolders")
+
+
+def attention_pattern(config: ml_collections.ConfigDict):
+    """The `kernels.attention` pattern of `model.attention.pattern` (its first part).
+
+    Raises:
+      ConfigError: a pattern string `models.transformer.parse_pattern` refuses, or a cycle of
+        several (one block has one pattern).
+    """
+    text = config.model.attention.pattern
+    try:
+        patterns = transformer.parse_pattern(text)
+    except ValueError as error:
+        raise ConfigError(f"--config.model.attention.pattern={text}: {error}") from None
+    if len(patterns) != 1:
+        raise ConfigError(f"--config.model.attention.pattern={text}: one block takes one "
+                          "pattern, not a cycle")
+    return patterns[0]
+
+
+def _validate_architecture(config: ml_collections.ConfigDict) -> None:
+    """The trunk, norm, attention, labels and O-GAN settings of image runs."""
+    require, model = configs.require, config.model
+    labelled = is_labelled(config)
+    require(model.norm not in gan_norms.LABEL_NORMS or labelled, "model.norm", model.norm,
+            "conditional_bn needs class labels: --config.data.labels=subfolders or "
+            "--config.data.kind=olivetti")
+    require(model.trunk not in gan_trunks.CONSTANT_INPUT_TRUNKS
+            or model.norm in gan_norms.LATENT_NORMS, "model.norm", model.norm,
+            f"trunk {model.trunk} has a constant input: its norm must read the latent "
+            f"({', '.join(gan_norms.LATENT_NORMS)})")
+    require(config.data.classes == "" or config.data.labels == "subfolders", "data.classes",
+            config.data.classes, "only with --config.data.labels=subfolders")
+    configs.require_int(config, "model.self_mod_hidden", 1)
+    configs.require_number(config, "model.residual_scale", 0, math.inf, low_open=True)
+    require(config.loss != OGAN or model.norm not in gan_norms.LABEL_NORMS, "model.norm",
+            model.norm, "O-GAN is unconditional here: no class-conditional norm")
+    configs.require_int(config, "model.mapping_layers", 0)
+    attention = model.attention.resolution
+    require(attention == 0 or (_is_power_of_two(attention) and
+                               dcgan.FEATURE_MAP_SIZE <= attention <= config.data.resolution),
+            "model.attention.resolution", attention,
+            f"0 (none) or a power of two in [{dcgan.FEATURE_MAP_SIZE}, data.resolution]")
+    if attention:
+        attention_pattern(config)
+    if config.loss == OGAN:
+        require(config.penalty.kind == "none", "penalty.kind", config.penalty.kind,
+                "O-GAN has its own gradient-ratio penalty (ogan.penalty_weight): set none")
+        for name in ("critic", "generator"):
+            require(config.steps[name] == 1, f"steps.{name}", config.steps[name],
+                    "O-GAN trains both nets in one joint step")
+        for name in ("correlation_weight", "penalty_weight"):
+            configs.require_number(config, f"ogan.{name}", 0, math.inf)
+        configs.require_number(config, "ogan.learning_rate", 0, math.inf, low_open=True)
+        configs.require_number(config, "ogan.decay", 0, 1, high_open=True)
+        configs.require_number(config, "ogan.eps", 0, math.inf, low_open=True)
 
 
 def resolve(config: ml_collections.ConfigDict) -> None:

@@ -153,3 +153,102 @@ class MixtureBatches:
         rng = np.random.default_rng([self.seed, self.batch])
         self.batch += 1
         return {"real": mixture.sample(self.mix, rng, self.batch_size)}
+
+
+# ----------------------------------------------------------------------------------------
+# Labelled images (class-conditional training).
+
+OLIVETTI_GRID = (20, 20)          # rows × columns of tiles in olivettifaces.gif
+OLIVETTI_TILE = (57, 47)          # tile height × width in pixels
+OLIVETTI_PER_PERSON = 10          # 40 people × 10 images, row-major, consecutive tiles
+
+
+def load_olivetti(path, resolution: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The 400 Olivetti faces of `olivettifaces.gif` with their 40 identities.
+
+    The file is one grayscale sheet of 20 × 20 tiles of 47×57 pixels (a 2-pixel white
+    margin on the right); person p owns the 10 consecutive tiles 10p … 10p + 9 in row-major
+    order. Each tile is centre-cropped, resized (`center_crop_resize`) and made RGB.
+
+    Args:
+      path: the GIF.
+      resolution: output side R.
+
+    Returns:
+      (images (400, R, R, 3) uint8, labels (400,) int32 in [0, 40), names "person_00" …).
+
+    Raises:
+      experiments.data.RecordError: a missing or undecodable file, or a sheet too small for
+        the grid (naming the file).
+    """
+    import PIL.Image
+
+    path = pathlib.Path(path)
+    try:
+        with PIL.Image.open(path) as image:
+            sheet = image.convert("L")
+            sheet.load()
+    except (OSError, ValueError, SyntaxError) as error:
+        raise data.RecordError(path, None, None, f"cannot read the Olivetti sheet: {error}"
+                               ) from None
+    (rows, columns), (height, width) = OLIVETTI_GRID, OLIVETTI_TILE
+    if sheet.size[0] < columns * width or sheet.size[1] < rows * height:
+        raise data.RecordError(path, None, None,
+                               f"{sheet.size[0]}×{sheet.size[1]} pixels is smaller than "
+                               f"{columns}×{rows} tiles of {width}×{height}")
+    images = [center_crop_resize(sheet.crop((c * width, r * height, (c + 1) * width,
+                                             (r + 1) * height)), resolution)
+              for r in range(rows) for c in range(columns)]
+    count = len(images) // OLIVETTI_PER_PERSON
+    labels = np.repeat(np.arange(count, dtype=np.int32), OLIVETTI_PER_PERSON)
+    return np.stack(images), labels, [f"person_{p:02d}" for p in range(count)]
+
+
+def class_folders(folder, classes: str = "") -> list[pathlib.Path]:
+    """The class sub-folders of `folder`: the named ones (comma-separated), or all.
+
+    Raises:
+      experiments.data.RecordError: a missing folder or named class, or no sub-folders.
+    """
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise data.RecordError(folder, None, None, "no such directory")
+    if classes:
+        chosen = [folder / name.strip() for name in classes.split(",") if name.strip()]
+        for path in chosen:
+            if not path.is_dir():
+                raise data.RecordError(path, None, None, "no such class sub-folder")
+        return chosen
+    chosen = sorted(path for path in folder.iterdir() if path.is_dir())
+    if not chosen:
+        raise data.RecordError(folder, None, None,
+                               "no sub-folders: data.labels=subfolders needs one per class")
+    return chosen
+
+
+def load_labelled_images(folder, resolution: int, *, classes: str = "",
+                         skip_bad: bool = False, cache_dir=None
+                         ) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Every image of each class sub-folder (`load_images` per folder, cached likewise).
+
+    Args:
+      folder: a directory whose sub-folders are the classes (e.g. ../shared/data/gan_faces
+        with classes "celeba_align_10k,anime_faces_96px_5k").
+      resolution, skip_bad, cache_dir: as `load_images`.
+      classes: comma-separated sub-folder names ("": every sub-folder, sorted).
+
+    Returns:
+      (images (n, R, R, 3) uint8, labels (n,) int32, class names, skipped messages).
+
+    Raises:
+      experiments.data.RecordError: see `class_folders` and `load_images` (naming the file).
+    """
+    images, labels, names, skipped = [], [], [], []
+    for label, path in enumerate(class_folders(folder, classes)):
+        class_images, class_skipped = load_images(path, resolution, skip_bad=skip_bad,
+                                                  cache_dir=cache_dir)
+        images.append(class_images)
+        labels.append(np.full(len(class_images), label, np.int32))
+        names.append(path.name)
+        skipped += class_skipped
+    return np.concatenate(images), np.concatenate(labels), names, skipped

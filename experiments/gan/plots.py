@@ -16,6 +16,7 @@ CURVE_PANELS = (
     ("losses", ("critic_loss", "generator_loss")),
     ("W-distance estimate E[T(real)] − E[T(fake)]", ("w_distance",)),
     ("gradient penalty", ("penalty",)),
+    ("O-GAN correlation ρ(z, E(G(z)))", ("correlation",)),
 )
 
 
@@ -50,6 +51,20 @@ def save_image_grid(images, path, side: int = 8) -> pathlib.Path:
     return path
 
 
+def save_image_strip(images, path) -> pathlib.Path:
+    """Writes the images (n, H, W, C) side by side as one (H, n·W, C) PNG; returns the path."""
+    import PIL.Image
+
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        images = np.round((np.clip(images, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+    strip = np.concatenate(list(images), axis=1)
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PIL.Image.fromarray(strip[..., 0] if strip.shape[-1] == 1 else strip).save(path)
+    return path
+
+
 def read_metrics(path) -> tuple[list[dict], list[dict]]:
     """The train and eval rows of a metrics.jsonl, one per step (a resumed run's later row
     for a step wins), sorted by step."""
@@ -80,7 +95,9 @@ def plot_training_curves(metrics_path, path, *, title: str = "",
     from matplotlib.figure import Figure
 
     train_rows, eval_rows = read_metrics(metrics_path)
-    panels = [(name, keys, train_rows) for name, keys in CURVE_PANELS]
+    # Panels whose metrics the run does not log (O-GAN's correlation elsewhere) are left out.
+    panels = [(name, keys, train_rows) for name, keys in CURVE_PANELS
+              if any(key in row for row in train_rows for key in keys)]
     panels += [(f"eval: {key}", (key,), eval_rows) for key in eval_metrics]
     columns = 2
     figure = Figure(figsize=(10, 3.2 * math.ceil(len(panels) / columns)), dpi=80)

@@ -8,6 +8,18 @@ settings otherwise), the k × p grid (k ∈ {0.5, 2, 10}, p ∈ {2, 6}) and the 
 of sampling r(x) (docs/wgan_div.md), each over several seeds; a markdown table of modes covered and
 high-quality share (mean ± std over seeds, and the per-seed values).
 
+`architectures` (https://kexue.fm/archives/6549, docs/gan_architectures.md): trunk × generator
+norm on CelebA at one equal budget (dcgan and resnet × bn, self_mod and none, plus
+stylegan_lite with AdaIN, by default), one process per run: SWD, parameter count, steps/s,
+peak host (and device) memory; `--seeds 0,1 --curve` adds SELF-MOD vs BN SWD against steps.
+
+    python -m experiments.gan.sweep architectures --steps 2000 --out results/gan/architectures.md
+    python -m experiments.gan.sweep ogan --steps 2000 --out results/gan/ogan.md
+    python -m experiments.gan.sweep conditional --steps 2000 --out results/gan/conditional.md
+
+`ogan`: the O-GAN preset: sample SWD and reconstruction error. `conditional`: conditional
+BN on the 40 Olivetti identities and on CelebA vs anime faces: SWD and per-class SWD.
+
 `celeba`: the four main presets on an image folder (CelebA by default) at one equal
 budget of training steps; a markdown table of the sliced Wasserstein distance and each
 preset's final 8×8 sample grid next to the table.
@@ -260,6 +272,121 @@ def sweep_celeba(args) -> str:
     return "\n".join(lines) + "\n"
 
 
+ARCHITECTURE_CELLS = (("dcgan", "bn"), ("dcgan", "self_mod"), ("dcgan", "none"),
+                      ("resnet", "bn"), ("resnet", "self_mod"), ("resnet", "none"),
+                      ("stylegan_lite", "adain"))
+DEFAULT_FACES = "../shared/data/gan_faces"
+ARCHITECTURE_COLUMNS = (
+    sweep.Column("trunk"), sweep.Column("norm"),
+    sweep.Column("SWD avg", "final.swd_avg", ".2f"),
+    sweep.Column("parameters", "num_params", ",.0f"),
+    sweep.Column("steps/s", "steps_per_sec", ".2f"),
+    sweep.Column("peak host MiB", "peak_host_memory_mb", ",.0f"),
+    sweep.Column("peak device MiB", "peak_device_memory_mb", ",.0f"),
+    sweep.Column("wall", "wall_seconds.total", ".0f", suffix=" s"),
+)
+
+
+def _image_budget(args, root: pathlib.Path, data: str) -> list[str]:
+    return ["data.kind=images", f"data.path={pathlib.Path(data).resolve()}",
+            f"data.resolution={args.resolution}", f"data.cache_dir={root / 'cache'}",
+            f"data.num_eval_images={args.eval_images}",
+            f"model.dcgan.base_channels={args.base_channels}", f"batch_size={args.batch_size}",
+            f"trainer.checkpoint_every={args.steps}", "trainer.progress_bar=false",
+            f"trainer.log_every={max(1, args.steps // 20)}"]
+
+
+def _swd_curve(workdirs) -> str:
+    """'step: SWD (seed 0, seed 1, ...)' lines from each run's metrics.jsonl evaluations."""
+    from experiments.gan import plots
+
+    curves = [{row["step"]: row.get("swd_avg") for row in plots.read_metrics(
+        pathlib.Path(w) / "metrics.jsonl")[1]} for w in workdirs]
+    steps = sorted(set().union(*curves))
+    return "\n".join(f"| {step} | " + ", ".join(
+        f"{c[step]:.2f}" if c.get(step) is not None else "—" for c in curves) + " |"
+        for step in steps)
+
+
+def sweep_architectures(args) -> str:
+    """Trunk × norm at one budget (one process per run); returns the markdown table."""
+    root = pathlib.Path(args.workdir).resolve() / f"architectures_{args.resolution}px"
+    budget = _image_budget(args, root, args.data) + [
+        f"trainer.eval_every={args.eval_every}"]
+    cells = [sweep.Cell(name=f"{trunk}__{norm}", spec="gan",
+                        overrides=(*budget, f"model.trunk={trunk}", f"model.norm={norm}",
+                                   f"trainer.num_steps={args.steps}"),
+                        seeds=tuple(args.seeds), labels={"trunk": trunk, "norm": norm})
+             for trunk, norm in args.cells]
+    rows = sweep.run_sweep(cells, root, runner=sweep.run_in_subprocess)
+    lines = [f"# GAN architectures on {pathlib.Path(args.data).name}, {args.resolution}²",
+             "", f"Command: `python -m experiments.gan.sweep {' '.join(sys.argv[1:])}`", "",
+             f"Budget: {args.steps} WGAN-div iterations (the seed's loss and critic), batch "
+             f"{args.batch_size}, base width {args.base_channels}, seeds {args.seeds}. SWD ×10³ "
+             f"of the EMA generator against {args.eval_images} held-out images. "
+             + _timing(rows), "", sweep.markdown_table(rows, ARCHITECTURE_COLUMNS)]
+    if args.curve:
+        for row in rows:
+            if row.labels["trunk"] == "dcgan" and row.labels["norm"] in ("bn", "self_mod"):
+                lines += ["", f"SWD against steps, dcgan + {row.labels['norm']} "
+                          "(one value per seed):", "", "| step | SWD |", "|---|---|",
+                          _swd_curve(row.workdirs)]
+    return "\n".join(lines) + "\n"
+
+
+def sweep_ogan(args) -> str:
+    """The O-GAN preset at one budget: sample SWD and reconstruction error."""
+    root = pathlib.Path(args.workdir).resolve() / f"ogan_{args.resolution}px"
+    cell = sweep.Cell(name="ogan", spec="gan:ogan", seeds=tuple(args.seeds),
+                      overrides=(*_image_budget(args, root, args.data),
+                                 "trainer.eval_every=0", f"trainer.num_steps={args.steps}"),
+                      labels={"preset": "ogan"})
+    rows = sweep.run_sweep([cell], root)
+    columns = (sweep.Column("preset"), sweep.Column("SWD avg", "final.swd_avg", ".2f"),
+               sweep.Column("reconstruction MSE", "final.reconstruction_mse", ".4f"),
+               sweep.Column("steps/s", "steps_per_sec", ".2f"))
+    return (f"# O-GAN, {args.resolution}²\n\nCommand: `python -m experiments.gan.sweep "
+            f"{' '.join(sys.argv[1:])}`\n\nReconstruction grids and interpolation strips: "
+            f"{rows[0].workdirs[0] / 'samples'}.\n\n{sweep.markdown_table(rows, columns)}\n")
+
+
+def sweep_conditional(args) -> str:
+    """Conditional BN on Olivetti's 40 identities and on CelebA vs anime faces."""
+    root = pathlib.Path(args.workdir).resolve() / "conditional"
+    faces = pathlib.Path(args.faces).resolve()
+    common = (f"trainer.num_steps={args.steps}", "trainer.eval_every=0",
+              f"trainer.checkpoint_every={args.steps}", "trainer.progress_bar=false",
+              f"model.dcgan.base_channels={args.base_channels}", f"batch_size={args.batch_size}",
+              f"data.cache_dir={root / 'cache'}")
+    cells = [
+        sweep.Cell(name="olivetti", spec="gan:cbn", seeds=tuple(args.seeds),
+                   overrides=(*common, f"data.path={faces / 'olivetti/olivettifaces.gif'}"),
+                   labels={"task": "Olivetti, 40 identities (32²)"}),
+        sweep.Cell(name="celeba_vs_anime", spec="gan:cbn", seeds=tuple(args.seeds),
+                   overrides=(*common, "data.kind=images", f"data.path={faces}",
+                              "data.labels=subfolders",
+                              "data.classes=celeba_align_10k,anime_faces_96px_5k",
+                              f"data.resolution={args.resolution}",
+                              f"data.num_eval_images={args.eval_images}"),
+                   labels={"task": f"CelebA vs anime ({args.resolution}²)"})]
+    rows = sweep.run_sweep(cells, root)
+    columns = (sweep.Column("task"), sweep.Column("SWD avg", "final.swd_avg", ".2f"),
+               sweep.Column("per-class SWD (mean)", "final.swd_class_mean", ".2f"),
+               sweep.Column("CelebA", "final.swd_class_celeba_align_10k", ".2f"),
+               sweep.Column("anime", "final.swd_class_anime_faces_96px_5k", ".2f"))
+    return (f"# Conditional BN\n\nCommand: `python -m experiments.gan.sweep "
+            f"{' '.join(sys.argv[1:])}`\n\nPer-class sample grids: each run's "
+            f"samples/step_*_class_*.png.\n\n{sweep.markdown_table(rows, columns)}\n")
+
+
+def _cell(text: str) -> tuple[str, str]:
+    trunk, _, norm = text.partition(":")
+    if trunk not in config_lib.TRUNKS or norm not in config_lib.NORMS:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected TRUNK:NORM with TRUNK in "
+                                         f"{config_lib.TRUNKS}, NORM in {config_lib.NORMS}")
+    return trunk, norm
+
+
 def real_image_reference(args, root: pathlib.Path) -> dict[str, float]:
     """The SWD between the runs' held-out images and as many training images: what a
     perfect generator would score (the metric's own sampling noise)."""
@@ -295,7 +422,29 @@ def parse_args(argv):
     celeba.add_argument("--presets", nargs="+", default=list(MAIN_PRESETS),
                         choices=config_lib.PRESETS)
     celeba.add_argument("--out", default="results/gan/celeba.md")
-    for sub in (mixture, celeba):
+    architectures = commands.add_parser("architectures", help="trunk × norm on images")
+    architectures.add_argument("--cells", nargs="+", type=_cell,
+                               default=list(ARCHITECTURE_CELLS), metavar="TRUNK:NORM")
+    architectures.add_argument("--eval-every", type=int, default=0,
+                               help="evaluations during training (for --curve)")
+    architectures.add_argument("--curve", action="store_true",
+                               help="SWD against steps for dcgan bn vs self_mod")
+    architectures.add_argument("--out", default="results/gan/architectures.md")
+    ogan_parser = commands.add_parser("ogan", help="O-GAN: SWD and reconstruction error")
+    ogan_parser.add_argument("--out", default="results/gan/ogan.md")
+    conditional = commands.add_parser("conditional", help="conditional BN, per-class SWD")
+    conditional.add_argument("--faces", default=DEFAULT_FACES,
+                             help="the folder holding olivetti/ and the two face folders")
+    conditional.add_argument("--out", default="results/gan/conditional.md")
+    for sub in (architectures, ogan_parser, conditional):
+        sub.add_argument("--steps", type=int, default=2000)
+        sub.add_argument("--data", default=DEFAULT_CELEBA)
+        sub.add_argument("--resolution", type=int, default=64)
+        sub.add_argument("--base-channels", type=int, default=64)
+        sub.add_argument("--batch-size", type=int, default=64)
+        sub.add_argument("--eval-images", type=int, default=1000)
+        sub.add_argument("--seeds", type=sweep.parse_seeds, default=(0,))
+    for sub in (mixture, celeba, architectures, ogan_parser, conditional):
         sub.add_argument("--workdir", default="runs/gan_sweep",
                          help="one sub-directory per run; finished runs are read back")
         sub.add_argument("--images", default=None,
@@ -309,7 +458,10 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     host_memory.keep_freed_memory_and_say()
-    table = sweep_mixture(args) if args.command == "mixture" else sweep_celeba(args)
+    commands = {"mixture": sweep_mixture, "celeba": sweep_celeba,
+                "architectures": sweep_architectures, "ogan": sweep_ogan,
+                "conditional": sweep_conditional}
+    table = commands[args.command](args)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)

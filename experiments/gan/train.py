@@ -30,6 +30,12 @@ evaluated.
 Randomness: `key` (the trainer's fold_in(seed, step)) is split into one key per update;
 nothing else is random.
 
+Class-conditional runs (labelled images, docs/gan_architectures.md): the batch also holds
+"labels" (n_D·B,); each critic update generates its fakes with its real batch's labels (so
+real and fake batches have the same class mix), the generator updates use the first critic
+batch's labels, and the critic scores with its projection term. O-GAN (loss "ogan") has its
+own joint step in `experiments.gan.ogan`.
+
 Glossary of shapes: B batch size, n_D critic steps per iteration, Z latent size,
 X one sample ((2,) for mixtures, (R, R, 3) for images).
 """
@@ -51,9 +57,9 @@ from experiments import data as data_lib
 from experiments import evaluation, trainer
 from experiments.configs import ConfigError
 from experiments.gan import config as config_lib
-from experiments.gan import input_pipeline, mixture, plots
+from experiments.gan import input_pipeline, mixture, ogan, plots
 from kernels import conv, gan_losses, gradient_penalty
-from models import dcgan, mlp_gan
+from models import gan_norms, gan_trunks, mlp_gan
 
 PyTree = dict
 # penalty(critic_fn, x_real, x_fake, key) -> scalar, critic_fn: (B, X) -> (B,)
@@ -69,16 +75,42 @@ class Nets:
       generator: (B, Z) → (B, X); called with `train=` keyword.
       z_dim: Z.
       sample_shape: X.
+      num_classes: K > 0 when both nets take (B,) labels after their input; 0: none.
     """
 
     critic: nn.Module
     generator: nn.Module
     z_dim: int
     sample_shape: tuple[int, ...]
+    num_classes: int = 0
 
 
-def build_nets(config: ml_collections.ConfigDict) -> Nets:
-    """The MLP nets for mixtures, the configured `models.dcgan` table rows for images."""
+def trunk_spec(config: ml_collections.ConfigDict, num_classes: int = 0
+               ) -> gan_trunks.TrunkSpec:
+    """The `models.gan_trunks.TrunkSpec` of an image run's config."""
+    model = config.model
+    attention = None
+    if model.attention.resolution:
+        attention = functools.partial(gan_norms.SelfAttention,
+                                      pattern=config_lib.attention_pattern(config))
+    return gan_trunks.TrunkSpec(
+        resolution=config.data.resolution, z_dim=model.dcgan.z_dim,
+        base_channels=model.dcgan.base_channels,
+        norm=gan_norms.norm_factory(model.norm, num_classes=num_classes,
+                                    self_mod_hidden=model.self_mod_hidden),
+        conv=conv.conv_for_backend(model.dcgan.conv),
+        conv_transpose=conv.conv_for_backend(model.dcgan.conv, transpose=True),
+        attention=attention, attention_resolution=model.attention.resolution,
+        num_classes=num_classes,
+        critic_outputs=model.dcgan.z_dim if config.loss == config_lib.OGAN else 1,
+        residual_scale=model.residual_scale, mapping_layers=model.mapping_layers,
+        dcgan_generator=model.dcgan.generator, dcgan_critic=model.dcgan.critic,
+        sn_power_iterations=model.sn_power_iterations)
+
+
+def build_nets(config: ml_collections.ConfigDict, num_classes: int = 0) -> Nets:
+    """The MLP nets for mixtures; for images the configured trunk of `models.gan_trunks`
+    (`model.trunk`) with the generator norm, attention and `num_classes` classes."""
     if config.data.kind == "mixture":
         mlp = config.model.mlp
         return Nets(
@@ -88,17 +120,10 @@ def build_nets(config: ml_collections.ConfigDict) -> Nets:
             generator=mlp_gan.MLPGenerator(z_dim=mlp.z_dim, width=mlp.width,
                                            num_hidden=mlp.num_hidden),
             z_dim=mlp.z_dim, sample_shape=(2,))
-    model, resolution = config.model.dcgan, config.data.resolution
-    critic_kwargs = dict(resolution=resolution, base_channels=model.base_channels,
-                         conv_general_dilated=conv.conv_for_backend(model.conv))
-    if model.critic == "wgan_sn":
-        critic_kwargs["sn_power_iterations"] = config.model.sn_power_iterations
-    return Nets(
-        critic=dcgan.CRITICS[model.critic](**critic_kwargs),
-        generator=dcgan.GENERATORS[model.generator](
-            resolution=resolution, z_dim=model.z_dim, base_channels=model.base_channels,
-            conv_transpose=conv.conv_for_backend(model.conv, transpose=True)),
-        z_dim=model.z_dim, sample_shape=(resolution, resolution, 3))
+    resolution = config.data.resolution
+    nets = gan_trunks.build(config.model.trunk, trunk_spec(config, num_classes))
+    return Nets(critic=nets.critic, generator=nets.generator, z_dim=config.model.dcgan.z_dim,
+                sample_shape=(resolution, resolution, 3), num_classes=num_classes)
 
 
 def make_optimizers(config: ml_collections.ConfigDict
@@ -128,15 +153,19 @@ def make_penalty(penalty: ml_collections.ConfigDict) -> gradient_penalty.Penalty
                                     strategy=penalty.strategy)
 
 
-def _apply(module: nn.Module, params, collections, x, train: bool = True, dtype=None):
-    """module(x) with `collections` (e.g. batch_stats); returns (output, new collections).
+def _apply(module: nn.Module, params, collections, x, train: bool = True, dtype=None,
+           labels=None):
+    """module(x[, labels]) with `collections` (e.g. batch_stats); returns (output, new
+    collections).
 
     With `dtype` (e.g. bfloat16) the parameters and x are cast to it for the computation
-    and the output comes back as float32; the collections keep their own dtype.
+    and the output comes back as float32; the collections keep their own dtype. `labels`
+    (B,) ints go to class-conditional nets (None: the call has no labels argument).
     """
     if dtype is not None:
         params, x = trainer.cast_to_compute((params, x), dtype)
-    out, updates = module.apply({"params": params, **collections}, x, train=train,
+    inputs = (x,) if labels is None else (x, labels)
+    out, updates = module.apply({"params": params, **collections}, *inputs, train=train,
                                 mutable=["batch_stats"])
     return out.astype(jnp.float32), {**collections, **updates}
 
@@ -149,8 +178,9 @@ def make_init_state(nets: Nets, optimizers, batch_size: int) -> Callable:
         critic_key, generator_key = jax.random.split(key)
         x = jnp.zeros((batch_size, *nets.sample_shape), jnp.float32)
         z = jnp.zeros((batch_size, nets.z_dim), jnp.float32)
-        critic_vars = dict(nets.critic.init(critic_key, x, train=False))
-        generator_vars = dict(nets.generator.init(generator_key, z, train=False))
+        labels = (jnp.zeros((batch_size,), jnp.int32),) if nets.num_classes else ()
+        critic_vars = dict(nets.critic.init(critic_key, x, *labels, train=False))
+        generator_vars = dict(nets.generator.init(generator_key, z, *labels, train=False))
         critic_params = critic_vars.pop("params")
         generator_params = generator_vars.pop("params")
         return {
@@ -178,21 +208,24 @@ def make_train_step(nets: Nets, optimizers, gan_loss: gan_losses.GanLoss, penalt
       compute_dtype: the dtype both nets compute in (None: float32; see `_apply`).
 
     Returns:
-      train_step(state, {"real": (n_D·B, *X) uint8 or float}, key); metrics: critic_loss
+      train_step(state, {"real": (n_D·B, *X) uint8 or float[, "labels": (n_D·B,) int]},
+      key); metrics: critic_loss
       (= "loss", the GAN loss plus the penalty), penalty, w_distance (mean real score − mean
       fake score), generator_loss and both nets' grad and param norms, each averaged over
       the iteration's updates.
     """
     critic_optimizer, generator_optimizer = optimizers
+    conditional = nets.num_classes > 0
 
-    def generate(generator, z):
+    def generate(generator, z, labels):
         fake, _ = _apply(nets.generator, generator["params"], generator["collections"], z,
-                         dtype=compute_dtype)
+                         dtype=compute_dtype, labels=labels)
         return fake
 
-    def critic_objective(params, collections, x_real, x_fake, key):
+    def critic_objective(params, collections, x_real, x_fake, labels, key):
         def critic_fn(x, collections):  # train mode: batch statistics (module docstring)
-            return _apply(nets.critic, params, collections, x, dtype=compute_dtype)
+            return _apply(nets.critic, params, collections, x, dtype=compute_dtype,
+                          labels=labels)
 
         # The penalty's ∇ₓ on the real and fake batches reuses the passes that scored them
         # wherever that is the same function: a spectrally normalised critic's scores depend
@@ -207,30 +240,33 @@ def make_train_step(nets: Nets, optimizers, gan_loss: gan_losses.GanLoss, penalt
                                     "w_distance": w_distance})
 
     def critic_update(generator, critic, inputs):
-        x_real, key = inputs                                   # [B, *X]
+        x_real, labels, key = inputs                           # [B, *X], [B]
+        labels = labels if conditional else None
         z_key, penalty_key = jax.random.split(key)
         z = jax.random.normal(z_key, (x_real.shape[0], nets.z_dim))
-        x_fake = jax.lax.stop_gradient(generate(generator, z))
+        x_fake = jax.lax.stop_gradient(generate(generator, z, labels))
         grads, (collections, metrics) = jax.grad(critic_objective, has_aux=True)(
-            critic["params"], critic["collections"], x_real, x_fake, penalty_key)
+            critic["params"], critic["collections"], x_real, x_fake, labels, penalty_key)
         params, opt_state, norms = trainer.apply_updates(
             critic["params"], grads, critic["opt_state"], critic_optimizer)
         critic = {"params": params, "collections": collections, "opt_state": opt_state}
         return critic, {**metrics, "critic_grad_norm": norms["grad_norm"],
                                      "critic_param_norm": norms["param_norm"]}
 
-    def generator_objective(params, collections, critic, z):
-        fake, collections = _apply(nets.generator, params, collections, z, dtype=compute_dtype)
+    def generator_objective(params, collections, critic, z, labels):
+        fake, collections = _apply(nets.generator, params, collections, z, dtype=compute_dtype,
+                                   labels=labels)
         scores, _ = _apply(nets.critic, critic["params"], critic["collections"], fake,
-                           dtype=compute_dtype)
+                           dtype=compute_dtype, labels=labels)
         loss = gan_loss.generator(scores)
         return loss, (collections, loss)
 
-    def generator_update(batch_size, carry, key):
+    def generator_update(labels, carry, key):
         critic, generator = carry
-        z = jax.random.normal(key, (batch_size, nets.z_dim))
+        z = jax.random.normal(key, (labels.shape[0], nets.z_dim))
         grads, (collections, loss) = jax.grad(generator_objective, has_aux=True)(
-            generator["params"], generator["collections"], critic, z)
+            generator["params"], generator["collections"], critic, z,
+            labels if conditional else None)
         params, opt_state, norms = trainer.apply_updates(
             generator["params"], grads, generator["opt_state"], generator_optimizer)
         generator = {**generator, "params": params, "collections": collections,
@@ -246,12 +282,14 @@ def make_train_step(nets: Nets, optimizers, gan_loss: gan_losses.GanLoss, penalt
                              f"the {critic_steps} critic steps")
         batch_size = real.shape[0] // critic_steps
         real = real.reshape(critic_steps, batch_size, *real.shape[1:])  # [n_D, B, *X]
+        labels = batch["labels"] if conditional else jnp.zeros(real.shape[:2], jnp.int32)
+        labels = labels.reshape(critic_steps, batch_size)                # [n_D, B]
         critic_key, generator_key = jax.random.split(key)
         critic, critic_metrics = jax.lax.scan(
             functools.partial(critic_update, state["generator"]), state["critic"],
-            (real, jax.random.split(critic_key, critic_steps)))
+            (real, labels, jax.random.split(critic_key, critic_steps)))
         (critic, generator), generator_metrics = jax.lax.scan(
-            functools.partial(generator_update, batch_size), (critic, state["generator"]),
+            functools.partial(generator_update, labels[0]), (critic, state["generator"]),
             jax.random.split(generator_key, generator_steps))
         metrics = {name: jnp.mean(values) for name, values in
                    {**critic_metrics, **generator_metrics}.items()}
@@ -278,24 +316,26 @@ def fixed_latents(seed: int, count: int, z_dim: int) -> np.ndarray:
 
 
 def make_sampler(nets: Nets) -> Callable:
-    """Jitted (params, collections, z (B, Z)) → (B, *X) in the model's range.
+    """Jitted (params, collections, z (B, Z)[, labels (B,)]) → (B, *X) in the model's range.
 
     The generator runs with batch statistics and its state updates are dropped: the EMA
     parameters have no moving averages of their own, and the live generator's would not
     match them (sampling with batch statistics is what "standing statistics" re-estimation
     would converge to for one batch).
     """
-    return jax.jit(lambda params, collections, z: _apply(nets.generator, params,
-                                                         collections, z)[0])
+    return jax.jit(lambda params, collections, z, labels=None: _apply(
+        nets.generator, params, collections, z, labels=labels)[0])
 
 
-def generate(sampler, params, collections, latents: np.ndarray, batch_size: int
-             ) -> np.ndarray:
-    """Runs `sampler` over `latents` (n, Z) in batches of `batch_size` (the last one padded,
-    its padding dropped); returns (n, *X) float32 numpy."""
+def generate(sampler, params, collections, latents: np.ndarray, batch_size: int,
+             labels: np.ndarray | None = None) -> np.ndarray:
+    """Runs `sampler` over `latents` (n, Z) (and `labels` (n,) for a conditional generator)
+    in batches of `batch_size` (the last one padded, its padding dropped); returns (n, *X)
+    float32 numpy."""
+    inputs = {"z": latents} if labels is None else {"z": latents, "labels": labels}
     return evaluation.predict_in_batches(
-        lambda variables, batch: sampler(*variables, batch["z"]), (params, collections),
-        {"z": latents}, batch_size)
+        lambda variables, batch: sampler(*variables, batch["z"], batch.get("labels")),
+        (params, collections), inputs, batch_size)
 
 
 class MixtureEvaluator:
@@ -338,10 +378,21 @@ class ImageEvaluator:
     """Writes an 8×8 grid of the state's generator (the EMA one when the trainer keeps an
     EMA) on fixed latents to samples/step_XXXXXXX.png
     and returns the multi-scale sliced Wasserstein distance (×10³, PGGAN) between the
-    held-out real images and as many EMA samples (`metrics.sliced_wasserstein_distance`)."""
+    held-out real images and as many EMA samples (`metrics.sliced_wasserstein_distance`).
 
-    def __init__(self, nets: Nets, held_out: np.ndarray, config, workdir: pathlib.Path):
+    Class-conditional (`held_out_labels` given): the samples take the held-out labels, and
+    per class c a grid samples/step_XXXXXXX_class_NAME.png and "swd_class_NAME" (the SWD
+    between that class's held-out images and as many samples of it; only with at most
+    `MAX_CLASSES_LISTED` classes) and their mean "swd_class_mean" are added.
+    `extra` evaluators (e.g. O-GAN's reconstructions) add their metrics.
+    """
+
+    MAX_CLASSES_LISTED = 8
+
+    def __init__(self, nets: Nets, held_out: np.ndarray, config, workdir: pathlib.Path,
+                 held_out_labels: np.ndarray | None = None, class_names=(), extra=()):
         self.held_out, self.workdir = held_out, workdir
+        self.labels, self.class_names, self.extra = held_out_labels, list(class_names), extra
         self.batch_size, self.grid_side = config.batch_size, config.samples.grid_side
         self.sampler = make_sampler(nets)
         latents = fixed_latents(config.trainer.seed, len(held_out) + self.grid_side ** 2,
@@ -349,22 +400,47 @@ class ImageEvaluator:
         self.grid_latents, self.eval_latents = np.split(latents, [self.grid_side ** 2])
         self.latest: tuple[int, dict[str, float]] | None = None
 
+    def _class_metrics(self, step, params, collections, fakes) -> dict[str, float]:
+        from experiments.gan import metrics as gan_metrics
+
+        per_class = {}
+        for label, name in enumerate(self.class_names):
+            grid = generate(self.sampler, params, collections, self.grid_latents,
+                            self.batch_size, np.full(len(self.grid_latents), label, np.int32))
+            plots.save_image_grid(grid, self.workdir / "samples" /
+                                  f"step_{step:07d}_class_{name}.png", side=self.grid_side)
+            chosen = self.labels == label
+            if chosen.any():
+                per_class[name] = gan_metrics.sliced_wasserstein_distance(
+                    self.held_out[chosen], fakes[chosen], key=0)["swd_avg"]
+        metrics = {"swd_class_mean": float(np.mean(list(per_class.values())))}
+        if len(self.class_names) <= self.MAX_CLASSES_LISTED:
+            metrics.update({f"swd_class_{name}": value for name, value in per_class.items()})
+        return metrics
+
     def __call__(self, state) -> dict[str, float]:
         from experiments.gan import metrics as gan_metrics
 
         step = int(state["step"])
         generator = state["generator"]
         params, collections = generator["params"], generator["collections"]
-        grid = generate(self.sampler, params, collections, self.grid_latents, self.batch_size)
+        grid_labels = None if self.labels is None else np.resize(self.labels,
+                                                                 len(self.grid_latents))
+        grid = generate(self.sampler, params, collections, self.grid_latents, self.batch_size,
+                        grid_labels)
         plots.save_image_grid(grid, self.workdir / "samples" / f"step_{step:07d}.png",
                               side=self.grid_side)
         fakes = generate(self.sampler, params, collections, self.eval_latents,
-                         self.batch_size)
+                         self.batch_size, self.labels)
         if not np.all(np.isfinite(fakes)):
             raise trainer.NonFiniteError(
                 f"the generator produced non-finite images at step {step}")
         swd = gan_metrics.sliced_wasserstein_distance(self.held_out, fakes, key=0)
         metrics = {"swd_avg": swd.pop("swd_avg"), **swd}
+        if self.labels is not None:
+            metrics.update(self._class_metrics(step, params, collections, fakes))
+        for evaluate in self.extra:
+            metrics.update(evaluate(state, step))
         self.latest = (step, metrics)
         return metrics
 
@@ -387,8 +463,18 @@ def describe(config) -> str:
         detail = "no penalty"
     spectral = config.model.mlp.spectral_norm if config.data.kind == "mixture" else (
         config.model.dcgan.critic == "wgan_sn")
-    return (f"{config.loss} + {detail}{', SN critic' if spectral else ''}, "
-            f"D:G {config.steps.critic}:{config.steps.generator}")
+    if config.loss == config_lib.OGAN:
+        method = (f"O-GAN (λ₁={config.ogan.penalty_weight:g}, "
+                  f"λ₂={config.ogan.correlation_weight:g}), one joint RMSprop step")
+    else:
+        method = (f"{config.loss} + {detail}{', SN critic' if spectral else ''}, "
+                  f"D:G {config.steps.critic}:{config.steps.generator}")
+    if config.data.kind == "mixture":
+        return method
+    model = config.model
+    attention = (f", attention {model.attention.pattern} at {model.attention.resolution}²"
+                 if model.attention.resolution else "")
+    return f"{model.trunk} G/D, G norm {model.norm}{attention}; {method}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -415,31 +501,105 @@ def _mixture_task_parts(config, nets, workdir):
     return parts
 
 
-def _image_task_parts(config, nets, workdir):
+@dataclasses.dataclass(frozen=True)
+class ImageData:
+    """Decoded images, with labels (n,) and class names for labelled data (else None, ())."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    class_names: tuple[str, ...]
+
+
+def load_image_data(config, workdir: pathlib.Path) -> ImageData:
+    """The configured images: a folder, its sub-folders as classes, or the Olivetti sheet.
+
+    Raises:
+      experiments.data.RecordError: naming the folder or file that cannot be read.
+    """
     cache_dir = pathlib.Path(config.data.cache_dir) if config.data.cache_dir else workdir
-    images, skipped = input_pipeline.load_images(
-        config.data.path, config.data.resolution, skip_bad=config.data.skip_bad,
-        cache_dir=cache_dir)
+    data_config, skipped = config.data, []
+    if data_config.kind == "olivetti":
+        images, labels, names = input_pipeline.load_olivetti(data_config.path,
+                                                             data_config.resolution)
+    elif data_config.labels == "subfolders":
+        images, labels, names, skipped = input_pipeline.load_labelled_images(
+            data_config.path, data_config.resolution, classes=data_config.classes,
+            skip_bad=data_config.skip_bad, cache_dir=cache_dir)
+    else:
+        (images, skipped), labels, names = input_pipeline.load_images(
+            data_config.path, data_config.resolution, skip_bad=data_config.skip_bad,
+            cache_dir=cache_dir), None, ()
     if skipped:
         print(f"skipped {len(skipped)} undecodable image(s):\n  " + "\n  ".join(skipped[:20]),
               flush=True)
+    return ImageData(images, labels, tuple(names))
+
+
+def _image_task_parts(config, nets, workdir, image_data: ImageData):
+    images, labels = image_data.images, image_data.labels
     try:
-        train_images, held_out = input_pipeline.split_held_out(
-            images, config.data.num_eval_images, config.trainer.seed)
+        train_index, held_out_index = input_pipeline.split_held_out(
+            np.arange(len(images)), config.data.num_eval_images, config.trainer.seed)
     except ValueError as error:
         raise ConfigError(f"{config.data.path}: {error}") from None
+    train_images, held_out = images[train_index], images[held_out_index]
     per_step = config.steps.critic * config.batch_size
     if len(train_images) < per_step:
         raise ConfigError(
             f"{config.data.path}: {len(train_images)} training images (after holding out "
             f"{len(held_out)}) are fewer than one step's {per_step} (steps.critic × batch_size)")
+    classes = f", {len(image_data.class_names)} classes" if labels is not None else ""
     print(f"data: {config.data.path}: {len(images)} images at {config.data.resolution}² "
-          f"({len(train_images)} train, {len(held_out)} held out for the SWD)", flush=True)
-    batches = data_lib.EpochBatches({"real": train_images}, batch_size=per_step,
-                                    seed=config.trainer.seed)
-    return TaskParts(batches=batches, evaluate=ImageEvaluator(nets, held_out, config, workdir),
-                     evaluate_live=None, curves=("swd_avg",),
-                     data_digest=trainer.array_digest(train_images, held_out))
+          f"({len(train_images)} train, {len(held_out)} held out for the SWD{classes})",
+          flush=True)
+    arrays = {"real": train_images}
+    held_out_labels = None
+    if labels is not None:
+        arrays["labels"] = labels[train_index]
+        held_out_labels = labels[held_out_index]
+    batches = data_lib.EpochBatches(arrays, batch_size=per_step, seed=config.trainer.seed)
+    extra = ((ogan.ReconstructionEvaluator(nets, held_out, config, workdir),)
+             if config.loss == config_lib.OGAN else ())
+    evaluate = ImageEvaluator(nets, held_out, config, workdir, held_out_labels=held_out_labels,
+                              class_names=image_data.class_names, extra=extra)
+    curves = ("swd_avg",) + (("reconstruction_mse",) if extra else ()) + (
+        ("swd_class_mean",) if labels is not None else ())
+    digest = [train_images, held_out] + ([labels] if labels is not None else [])
+    return TaskParts(batches=batches, evaluate=evaluate, evaluate_live=None, curves=curves,
+                     data_digest=trainer.array_digest(*digest))
+
+
+def peak_memory() -> dict[str, float]:
+    """This process's peak resident host memory in MiB ("peak_host_memory_mb"; one run per
+    process, e.g. a sweep's `--subprocess` runs, makes it the run's) and the device's peak
+    where the backend reports it ("peak_device_memory_mb")."""
+    import resource
+
+    peak = {"peak_host_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        peak["peak_device_memory_mb"] = stats["peak_bytes_in_use"] / 2**20
+    return peak
+
+
+def make_state_and_step(config: ml_collections.ConfigDict, nets: Nets
+                        ) -> tuple[Callable, Callable]:
+    """(init_state, train_step) of the configured objective: a GAN loss with its penalty
+    and D:G ratio, or O-GAN's joint step (`experiments.gan.ogan`)."""
+    compute_dtype = trainer.compute_dtype(config.trainer)
+    if config.loss == config_lib.OGAN:
+        optimizer = ogan.make_optimizer(config.ogan)
+        return (ogan.make_init_state(nets, optimizer, config.batch_size),
+                ogan.make_train_step(nets, optimizer,
+                                     correlation_weight=config.ogan.correlation_weight,
+                                     penalty_weight=config.ogan.penalty_weight,
+                                     compute_dtype=compute_dtype))
+    optimizers = make_optimizers(config)
+    return (make_init_state(nets, optimizers, config.batch_size),
+            make_train_step(nets, optimizers, gan_losses.get_gan_loss(config.loss),
+                            make_penalty(config.penalty), critic_steps=config.steps.critic,
+                            generator_steps=config.steps.generator,
+                            compute_dtype=compute_dtype))
 
 
 def run(config: ml_collections.ConfigDict, workdir) -> dict[str, float]:
@@ -462,18 +622,18 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict[str, float]:
     config_lib.validate(config)
     workdir = pathlib.Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    nets = build_nets(config)
-    optimizers = make_optimizers(config)
-    make_parts = _mixture_task_parts if config.data.kind == "mixture" else _image_task_parts
-    parts = make_parts(config, nets, workdir)
+    if config.data.kind == "mixture":
+        nets = build_nets(config)
+        parts = _mixture_task_parts(config, nets, workdir)
+    else:
+        image_data = load_image_data(config, workdir)
+        nets = build_nets(config, num_classes=len(image_data.class_names))
+        parts = _image_task_parts(config, nets, workdir, image_data)
     label = describe(config)
     print(f"method: {label}", flush=True)
+    init_state, train_step = make_state_and_step(config, nets)
     task = trainer.Task(
-        init_state=make_init_state(nets, optimizers, config.batch_size),
-        train_step=make_train_step(
-            nets, optimizers, gan_losses.get_gan_loss(config.loss), make_penalty(config.penalty),
-            critic_steps=config.steps.critic, generator_steps=config.steps.generator,
-            compute_dtype=trainer.compute_dtype(config.trainer)),
+        init_state=init_state, train_step=train_step,
         batches=parts.batches, evaluate=parts.evaluate, evaluate_live=parts.evaluate_live,
         params_path=("generator", "params"),
         fingerprint={"config": trainer.config_fingerprint(
@@ -487,6 +647,6 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict[str, float]:
     plots.plot_training_curves(workdir / "metrics.jsonl", workdir / "training_curves.png",
                                title=label, eval_metrics=parts.curves)
     summary = {**final, "step": float(result.step)}
-    trainer.update_summary(workdir, results=summary, method=label)
+    trainer.update_summary(workdir, results=summary, method=label, **peak_memory())
     print(json.dumps(summary, allow_nan=False), flush=True)
     return summary

@@ -95,12 +95,12 @@ ARCHITECTURES = {
 # The unmarked cells: every penalty and every loss on the MLP, the seed's WGAN-div and the
 # DCGAN preset's cell on the convolutional nets; the full product runs under `slow`.
 QUICK_CELLS = {("wasserstein", penalty, "mlp") for penalty in config_lib.PENALTIES} | {
-    (loss, "wgan_div", "mlp") for loss in config_lib.LOSSES} | {
+    (loss, "wgan_div", "mlp") for loss in tuple(gan_losses.GAN_LOSSES)} | {
     ("wasserstein", "wgan_div", "dcgan32"), ("non_saturating", "none", "dcgan32")}
 CELLS = [pytest.param(loss, penalty, architecture, marks=() if (
     loss, penalty, architecture) in QUICK_CELLS else pytest.mark.slow)
     for architecture in ARCHITECTURES for penalty in config_lib.PENALTIES
-    for loss in config_lib.LOSSES]
+    for loss in tuple(gan_losses.GAN_LOSSES)]
 
 
 @pytest.mark.parametrize("loss, penalty, architecture", CELLS)

@@ -68,8 +68,14 @@ def _probe(module, variables, x, *, train):
         names.clear()
         captured = []
 
+        active = []  # modules inside their __call__: a subclass's super().__call__ is one call
+
         def interceptor(next_fun, args, kwargs, context):
+            if context.module in active:
+                return next_fun(*args, **kwargs)
+            active.append(context.module)
             out = next_fun(*args, **kwargs)
+            active.pop()
             kind = type(context.module).__name__
             if context.method_name == "__call__" and kind in PROBED_LAYERS:
                 names.append(kind)
