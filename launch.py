@@ -161,7 +161,7 @@ def run_demo() -> None:
     checkpoints, with the steady steps/s.
     """
     workdirs = {}
-    for name in experiments.EXPERIMENTS:
+    for name in experiments.DEMOS:
         workdirs[name] = pathlib.Path("runs/demo") / name
         run_experiment(f"{name}:demo", ["--workdir", str(workdirs[name])])
     print(demo_table({name: trainer.read_summary(workdir)

@@ -15,13 +15,13 @@ import pathlib
 import tempfile
 
 import launch
-from experiments import EXPERIMENTS, load, trainer
+from experiments import DEMOS, load, trainer
 from experiments.benchmarks import harness
 
 ROUNDS = 2  # alternating runs of each setting; the fastest of each is kept
 # Steps per timed run (full, quick): enough for the steady state to dominate.
 STEPS = {"sentence_similarity": (300, 60), "gan": (1500, 200), "sparse_lm": (200, 40),
-         "entity_linking": (200, 40), "headlines": (200, 40)}
+         "entity_linking": (200, 40), "headlines": (200, 40), "nl2sql": (200, 40)}
 
 
 def train_and_read_summary(spec: str, workdir: pathlib.Path, overrides: list[str]) -> dict:
@@ -40,7 +40,7 @@ def run(report: harness.Report, quick: bool) -> None:
     machine is shared, and the first run of a process also warms caches the others reuse.
     """
     rounds = 1 if quick else ROUNDS
-    for name in EXPERIMENTS:
+    for name in DEMOS:
         steps = STEPS.get(name, (200, 40))[1 if quick else 0]
         demo_log_every = load(name).get_config("demo").trainer.log_every
         common = [f"trainer.num_steps={steps}", f"trainer.checkpoint_every={steps}",

@@ -7,7 +7,7 @@ from experiments.benchmarks import trainer as bench_trainer
 
 
 def test_bench_trainer_quick_writes_a_row_per_setting(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench_trainer, "EXPERIMENTS", ("sentence_similarity",))
+    monkeypatch.setattr(bench_trainer, "DEMOS", ("sentence_similarity",))
     monkeypatch.setitem(bench_trainer.STEPS, "sentence_similarity", (20, 12))
     report = harness.Report("trainer", repeats=1)
     bench_trainer.run(report, quick=True)
