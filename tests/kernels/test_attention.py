@@ -282,7 +282,7 @@ def test_shapes_are_validated_before_tracing(fn):
 
 def test_implementation_is_validated():
     q = jnp.zeros((1, 6, 1, 5))
-    with pytest.raises(ValueError, match=r"implementation must be one of .*got 'pallas'"):
+    with pytest.raises(ValueError, match=r"implementation must be one of .*got 'triton'"):
         attn.attention(q, q, q, Local(1), implementation="triton")
     with pytest.raises(ValueError, match="implementation='cpu_kernel': needs head dims that "
                                          "are multiples of 8, got 5 and 5"):
