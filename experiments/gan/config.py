@@ -1,4 +1,4 @@
-"""Configs of the GAN experiment: WGAN-div and its baselines (SPEC §2).
+"""Configs of the GAN experiment: WGAN-div and its baselines (docs/wgan_div.md).
 
     python launch.py gan                                   # WGAN-div (seed settings) on the 8-ring
     python launch.py gan:demo                              # about a minute on 2 CPU cores
@@ -7,7 +7,7 @@
         --config.data.path=../shared/data/gan_faces/celeba_align_10k --config.data.resolution=64
     python -m experiments.gan.sweep mixture --seeds 3      # the results tables (README)
 
-Variants are the presets of SPEC §2.3–§2.5 plus "smoke" (tests) and "demo" (`make demo`):
+Variants are the presets of docs/wgan_div.md §4.1 plus "smoke" (tests) and "demo" (`make demo`):
 
 | variant        | loss           | penalty (r(x))                          | D:G | Adam lr,β1,β2|
 |----------------|----------------|-----------------------------------------|-----|--------------|
@@ -77,39 +77,39 @@ def _adam(learning_rate: float, b1: float, b2: float, eps: float) -> ml_collecti
 
 
 def _base_config() -> ml_collections.ConfigDict:
-    """The seed's WGAN-div (SPEC §2.3) on the embedded mixture benchmark."""
+    """The seed's WGAN-div (docs/wgan_div.md §4.1) on the embedded mixture benchmark."""
     config = ml_collections.ConfigDict()
 
     # The GAN objective (kernels.gan_losses; sign convention: real samples score HIGH).
-    config.loss = "wasserstein"      # SPEC §2.3: D: E[T(fake)] − E[T(real)], G: −E[T(fake)]
+    config.loss = "wasserstein"      # §2.1: D: E[T(fake)] − E[T(real)], G: −E[T(fake)]
 
     config.penalty = ml_collections.ConfigDict()
-    config.penalty.kind = "wgan_div"  # none | wgan_div | wgan_gp | r1 | r2 (SPEC §2.1, §2.5)
-    config.penalty.k = 2.0            # W-div weight k > 0 (SPEC §2.2–§2.3: k = 2 best)
-    config.penalty.p = 6.0            # W-div power p > 1 (SPEC §2.2–§2.3: p = 6 best)
-    config.penalty.strategy = "real_and_fake"  # r(x), SPEC §2.2 option 4: the seed's (§2.3)
-    config.penalty.weight = 10.0      # λ of wgan_gp (SPEC §2.5), γ of r1 / r2
-    config.penalty.center = 1.0       # wgan_gp's target norm (SPEC §2.5: one-centred)
+    config.penalty.kind = "wgan_div"  # none | wgan_div | wgan_gp | r1 | r2 (§2.2)
+    config.penalty.k = 2.0            # W-div weight k > 0 (§1.3: k = 2 best)
+    config.penalty.p = 6.0            # W-div power p > 1 (§1.3: p = 6 best)
+    config.penalty.strategy = "real_and_fake"  # r(x), §2.3: the seed's choice
+    config.penalty.weight = 10.0      # λ of wgan_gp (§2.2), γ of r1 / r2
+    config.penalty.center = 1.0       # wgan_gp's target norm (§2.2: one-centred)
 
     # D:G step ratio: one training step = `critic` D updates, then `generator` G updates.
     config.steps = ml_collections.ConfigDict()
-    config.steps.critic = 1           # SPEC §2.3: 1 D step : 1 G step
+    config.steps.critic = 1           # §4.1: 1 D step : 1 G step
     config.steps.generator = 1
 
-    # Separate optimisers (SPEC §2.3: Adam(2e-4, β1 = 0.5), β2 the Keras default 0.999;
-    # ε = 1e-7 is Keras's (SPEC §0.1)).
+    # Separate optimisers (§4.1: Adam(2e-4, β1 = 0.5), β2 the Keras default 0.999;
+    # ε = 1e-7 is Keras's, docs/index.md §2).
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.critic = _adam(2e-4, 0.5, 0.999, 1e-7)
     config.optimizer.generator = _adam(2e-4, 0.5, 0.999, 1e-7)
 
-    config.batch_size = 64            # SPEC §2.3 (per D update and per G update)
+    config.batch_size = 64            # §4.1 (per D update and per G update)
 
     config.data = ml_collections.ConfigDict()
-    config.data.kind = "mixture"      # mixture (embedded, issue 6 item 5) | images (folder)
+    config.data.kind = "mixture"      # mixture (embedded, §5.1) | images (folder, §5.2)
     config.data.mixture = "ring"      # ring: 8 modes | grid: 25 modes (experiments.gan.mixture)
     config.data.path = ""             # images: a folder of image files (sub-folders allowed)
-    # images: side of the square crop after resizing. SPEC §2.3 uses 128 on CelebA-HQ; §2.4
-    # and §2.5 use 64, the practical size of the shared 89×109 CelebA files (SOURCES.md).
+    # images: side of the square crop after resizing. The reference uses 128 on CelebA-HQ; the
+    # paper's code and the baselines 64, the practical size of 89×109 aligned CelebA files.
     config.data.resolution = 64
     config.data.skip_bad = False      # images: skip (and count) undecodable files
     config.data.cache_dir = ""        # images: where the decoded uint8 .npy goes ("": workdir)
@@ -128,10 +128,10 @@ def _base_config() -> ml_collections.ConfigDict:
     config.model.mlp.spectral_norm = False  # the WGAN-SN preset wraps every critic layer
     # data.kind=images: rows of models.dcgan.CRITICS / GENERATORS.
     config.model.dcgan = ml_collections.ConfigDict()
-    config.model.dcgan.critic = "wgan_div"     # SPEC §2.3 critic (GAP head, LeakyReLU 0.2)
-    config.model.dcgan.generator = "wgan_div"  # SPEC §2.3 generator
-    config.model.dcgan.z_dim = 128             # SPEC §2.3 (100 in the §2.5 baselines)
-    config.model.dcgan.base_channels = 64      # SPEC §2.3: convs 64 → … → 8·R
+    config.model.dcgan.critic = "wgan_div"     # §3.1 critic (GAP head, LeakyReLU 0.2)
+    config.model.dcgan.generator = "wgan_div"  # §3.1 generator
+    config.model.dcgan.z_dim = 128             # §3.1 (100 in the §3.2 baselines)
+    config.model.dcgan.base_channels = 64      # §3.1: convs 64 → … → 8·R
     # Both nets' (transposed) convolutions (kernels.conv): "auto" = patch_matmul on CPU, where
     # XLA's own conv gradients are slow (results/benchmarks/gradient_penalty.md), "xla" on
     # GPU/TPU; the values are the same.
@@ -164,7 +164,8 @@ def _base_config() -> ml_collections.ConfigDict:
     config.samples.num_points = 2500  # mixture: samples scored and plotted (VEEGAN / PacGAN)
 
     config.trainer = trainer.default_config()
-    # SPEC §2.3 shows samples at 20k iterations; the mixture needs far fewer (the demo: 2k).
+    # The reference shows samples at 20k iterations (§4.1); the mixture needs far fewer
+    # (the demo: 2k).
     config.trainer.num_steps = 20000
     config.trainer.eval_every = 1000  # samples (grid / scatter) and metrics every N steps
     config.trainer.checkpoint_every = 1000
@@ -177,8 +178,8 @@ def _base_config() -> ml_collections.ConfigDict:
 
 
 def _apply_preset(config: ml_collections.ConfigDict, preset: str) -> None:
-    """Overwrites the fields a preset of SPEC §2.4 / §2.5 changes (wgan_div is the base)."""
-    if preset == "wgan_div_paper":  # official code (SPEC §2.4)
+    """Overwrites the fields a preset of docs/wgan_div.md §4.1 changes (wgan_div is the base)."""
+    if preset == "wgan_div_paper":  # the paper's official code (§4.1)
         config.penalty.k = 10.0        # LAMBDA = 10 multiplies mean(‖∇‖^6)
         config.penalty.strategy = "real_fake_interpolation"
         config.steps.critic = 4
@@ -232,7 +233,7 @@ def _apply_architecture_preset(config: ml_collections.ConfigDict, preset: str) -
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-    """A preset of SPEC §2.3–§2.5 or of the architecture post, "smoke" or "demo"; "" is
+    """A preset of docs/wgan_div.md §4.1 or of docs/gan_architectures.md, "smoke" or "demo"; "" is
     the seed's WGAN-div.
 
     Raises:

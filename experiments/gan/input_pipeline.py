@@ -1,13 +1,13 @@
 """Input pipelines of the GAN experiment: an image folder, or the embedded 2-D mixtures.
 
-Images (SPEC §2.3): each file is centre-cropped to a square, resized to the resolution with
-PIL's antialiasing Lanczos filter and kept as uint8 (n, R, R, 3); batches stay uint8 on the
-way to the device and are scaled to [−1, 1] inside the train step (`to_model_range`), which
-keeps 10k CelebA faces at 64² at 123 MB instead of 490 MB of float32. The decoded array is
-cached as a .npy keyed by the folder's file list and the resolution, so a second run (or the
-other presets of a sweep) skips decoding.
+Images (docs/wgan_div.md §5.2): each file is centre-cropped to a square, resized to the
+resolution with PIL's antialiasing Lanczos filter and kept as uint8 (n, R, R, 3); batches
+stay uint8 on the way to the device and are scaled to [−1, 1] inside the train step
+(`to_model_range`), which keeps 10k CelebA faces at 64² at 123 MB instead of 490 MB of
+float32. The decoded array is cached as a .npy keyed by the folder's file list and the
+resolution, so a second run (or the other presets of a sweep) skips decoding.
 
-Mixtures (issue 6, item 5): every batch is drawn fresh from the mixture with a numpy
+Mixtures (docs/wgan_div.md §5.1): every batch is drawn fresh from the mixture with a numpy
 generator seeded by (seed, batch index), so the stream is infinite and a resumed run sees
 exactly the batches an uninterrupted one would.
 """
@@ -47,7 +47,8 @@ def center_crop_resize(image, resolution: int) -> np.ndarray:
 
 
 def to_model_range(images):
-    """uint8 [0, 255] → float32 [−1, 1] as x/127.5 − 1 (SPEC §2.3: x/255·2 − 1).
+    """uint8 [0, 255] → float32 [−1, 1] as x/127.5 − 1 (the reference's x/255·2 − 1,
+    docs/wgan_div.md §5.2).
 
     Works on numpy and jax arrays alike; floating inputs are returned as float32 unchanged.
     """

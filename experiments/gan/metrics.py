@@ -1,4 +1,4 @@
-"""Image-quality metrics that work offline (issue 6, item 6).
+"""Image-quality metrics that work offline (docs/wgan_div.md §5.2).
 
 * Multi-scale sliced Wasserstein distance (SWD; Karras et al., "Progressive Growing of GANs",
   ICLR 2018, Appendix D): needs no pretrained weights.

@@ -1,4 +1,4 @@
-"""2-D mixtures of Gaussians: the standard mode-collapse benchmark (issue 6, item 5).
+"""2-D mixtures of Gaussians: the standard mode-collapse benchmark (docs/wgan_div.md §5.1).
 
 Two mixtures, equally weighted, isotropic components:
 

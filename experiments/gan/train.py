@@ -1,4 +1,5 @@
-"""Training and evaluation of the GAN experiment (SPEC §2): one jitted step, two optimisers.
+"""Training and evaluation of the GAN experiment (docs/wgan_div.md): one jitted step, two
+optimisers.
 
 One training step (the trainer's unit) is one GAN iteration:
 
@@ -7,10 +8,11 @@ One training step (the trainer's unit) is one GAN iteration:
    (steps.critic · batch_size, ...) and is reshaped here to (steps.critic, batch_size, ...);
    the trainer's sharding of axis 0 over the data mesh stays valid. The critic sees real and
    fake samples in separate calls, so batch norm normalises each with its own statistics
-   (SPEC §0.1, §2.3); its `batch_stats` (BN moving averages, spectral-norm vectors) are
-   threaded from the real call to the fake call and kept.
-2. `steps.generator` generator updates, each with a fresh z (SPEC §2.3: the G step draws
-   its own z batch; §2.5: DCGAN's 1 D : 2 G).
+   (docs/index.md §2, docs/wgan_div.md §4.2); its `batch_stats` (BN moving averages,
+   spectral-norm vectors) are threaded from the real call to the fake call and kept.
+2. `steps.generator` generator updates, each with a fresh z (docs/wgan_div.md §4.2: the G
+   step draws its own z batch; §4.1: DCGAN's 1 D : 2 G).
+
 The trainer keeps the EMA copy of the generator's parameters (`trainer.ema_decay`, decay
 min(ema_decay, (1 + t)/(10 + t)) at iteration t) and evaluates and checkpoints with it; the
 live generator is evaluated too on 2-D mixtures ("live_" metrics).
@@ -128,7 +130,7 @@ def build_nets(config: ml_collections.ConfigDict, num_classes: int = 0) -> Nets:
 
 def make_optimizers(config: ml_collections.ConfigDict
                     ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-    """(critic, generator) Adam optimisers, one per network (SPEC §2.3)."""
+    """(critic, generator) Adam optimisers, one per network (docs/wgan_div.md §4.1)."""
     def adam(settings):
         return optax.adam(settings.learning_rate, b1=settings.b1, b2=settings.b2,
                           eps=settings.eps)
@@ -136,7 +138,7 @@ def make_optimizers(config: ml_collections.ConfigDict
 
 
 def make_penalty(penalty: ml_collections.ConfigDict) -> gradient_penalty.Penalty:
-    """The configured gradient penalty (SPEC §2.1–§2.5) with its static values bound.
+    """The configured gradient penalty (docs/wgan_div.md §2.2) with its static values bound.
 
     A `kernels.gradient_penalty.Penalty`: `make_train_step` hands it to
     `critic_scores_and_penalty`, and it is also a `PenaltyFn`,

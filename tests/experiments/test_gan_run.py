@@ -1,4 +1,4 @@
-"""The GAN experiment (SPEC §2): one train step per loss × penalty × architecture cell
+"""The GAN experiment (docs/wgan_div.md): one train step per loss × penalty × architecture cell
 (compare_gan style), the D:G ratio, the EMA, the image pipeline, config errors, and
 end-to-end runs through launch.py on the embedded mixture and on a folder of images."""
 
@@ -171,9 +171,9 @@ def _adam_count(opt_state) -> int:
 
 @pytest.mark.parametrize("variant, overrides, critic_updates, generator_updates", [
     ("wgan_div", ("steps.critic=3",), 3, 1),
-    ("dcgan", (), 1, 2),                       # SPEC §2.5: 1 D : 2 G
-    ("wgan_gp", (), 5, 1),                     # SPEC §2.5: 5 D : 1 G
-    ("wgan_div_paper", (), 4, 1),              # SPEC §2.4: 4 critic iterations per G step
+    ("dcgan", (), 1, 2),                       # docs/wgan_div.md §4.1: 1 D : 2 G
+    ("wgan_gp", (), 5, 1),                     # docs/wgan_div.md §4.1: 5 D : 1 G
+    ("wgan_div_paper", (), 4, 1),              # docs/wgan_div.md §4.1: 4 per G step
 ])
 def test_one_step_runs_the_configured_number_of_updates(variant, overrides, critic_updates,
                                                         generator_updates):
