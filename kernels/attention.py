@@ -193,7 +193,7 @@ class Fixed:
 
 
 Pattern = Full | Atrous | Local | Sparse | Strided | Fixed
-IMPLEMENTATIONS = ("auto", "xla", "cpu_kernel", "pallas")
+IMPLEMENTATIONS = ("auto", "xla", "cpu_kernel", "pallas", "cudnn")
 _PATTERNS = (Full, Atrous, Local, Sparse, Strided, Fixed)
 
 
@@ -397,7 +397,8 @@ def _dispatch(implementation: str, kernel: Callable, blocked: Callable, q, k, v,
         return blocked(q, k, v, key_valid)
     if implementation in ("cpu_kernel", "pallas"):
         return kernel(q, k, v, key_valid)
-    # GPU: "auto" stays XLA here until timings show the Pallas kernel faster; then gpu=kernel.
+    # "auto" on a GPU was resolved by `attention` (Pallas or cuDNN); here the CPU kernel on a
+    # CPU, XLA elsewhere (a TPU).
     return jax.lax.platform_dependent(q, k, v, key_valid, cpu=kernel, default=blocked)
 
 
@@ -683,29 +684,109 @@ def _attention(q, k, v, key_mask, pattern, causal, implementation):
     return jnp.swapaxes(out, 0, 1).astype(v.dtype)
 
 
-def resolve_implementation(implementation: str, *, platform: str, dtype, head_dim: int
-                           ) -> str:
+def cudnn_unsupported_reason(pattern: Pattern, *, dtype, head_dim: int, value_dim: int,
+                             length: int, has_key_mask: bool) -> str | None:
+    """Why ``implementation="cudnn"`` cannot run this call, or None if it can.
+
+    cuDNN's fused attention (`jax.nn.dot_product_attention(implementation="cudnn")`) runs a
+    pattern that is dense inside residue groups, `Full` (one group) and `Atrous(r)` (r
+    groups), on the residue layout: bfloat16 or float16, equal head and value dims that are
+    multiples of 8 up to 128, a length that is a multiple of r, and no key mask.
+    """
+    if not isinstance(pattern, (Full, Atrous)):
+        return f"cuDNN runs Full and Atrous only, not {type(pattern).__name__}"
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        return f"cuDNN takes bfloat16 or float16, not {jnp.dtype(dtype).name}"
+    if head_dim != value_dim or head_dim % 8 or head_dim > 128:
+        return (f"cuDNN takes equal head and value dims, multiples of 8 up to 128; got "
+                f"{head_dim} and {value_dim}")
+    rate = pattern.rate if isinstance(pattern, Atrous) else 1
+    if length % rate:
+        return f"the length {length} is not a multiple of the Atrous rate {rate}"
+    if has_key_mask:
+        return "the cuDNN path takes no key_mask"
+    return None
+
+
+def resolve_implementation(implementation: str, *, platform: str, dtype, head_dim: int,
+                           pattern: Pattern | None = None, length: int | None = None,
+                           has_key_mask: bool = False) -> str:
     """What ``implementation="auto"`` of `attention` runs for arrays of this kind.
 
-    For configs that show the choice resolved: "cpu_kernel" on a CPU for float32 arrays
-    with head dims the kernel takes, when it could be built; "xla" otherwise. Any other
-    name is returned as it is.
+    From the GPU benchmark (docs/sparse_attention.md §4.1 and §8):
+
+    * CPU: "cpu_kernel" for float32 arrays with head dims the kernel takes, when it could be
+      built; "xla" otherwise.
+    * GPU: "cudnn" for `Full` and `Atrous` where cuDNN takes the call
+      (`cudnn_unsupported_reason`; on an H200 at n = 32768 in bfloat16, cuDNN on the residue
+      layout ran Atrous(8) 2.1x and Full 2.2x faster than the Pallas kernel); "pallas"
+      otherwise (13-27x faster than XLA for every pattern in bfloat16, 8.8x for Full in
+      float32).
+    * TPU: "xla" (the Pallas kernels' Mosaic lowering is untried).
+
+    Any other name is returned as it is. Without ``pattern`` and ``length`` (e.g. a config
+    resolved before a call), the GPU answer is "pallas", the path of every pattern there.
 
     Args:
       implementation: one of `IMPLEMENTATIONS`.
       platform: "cpu", "gpu" or "tpu" (e.g. ``jax.default_backend()``).
       dtype: the dtype of q and v.
       head_dim: D (and E).
+      pattern, length, has_key_mask: the call, for the GPU's choice of cuDNN.
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, "
                          f"got {implementation!r}")
     if implementation != "auto":
         return implementation
+    if platform == "gpu":
+        if pattern is not None and length is not None and cudnn_unsupported_reason(
+                pattern, dtype=dtype, head_dim=head_dim, value_dim=head_dim, length=length,
+                has_key_mask=has_key_mask) is None:
+            return "cudnn"
+        return "pallas"
     if platform != "cpu":
-        return "xla"  # Pallas takes over here once GPU timings say it is faster
+        return "xla"
     probe = jax.ShapeDtypeStruct((1, 1, 1, head_dim), dtype)
     return "cpu_kernel" if cpu_band.unsupported_reason(probe, probe) is None else "xla"
+
+
+def to_residue_batches(x: Array, rate: int) -> Array:
+    """[B, N, H, D] → [rate·B, N/rate, H, D]: position t·rate + g is slot t of row g·B + b.
+
+    Query i and key j share a row iff (i − j) mod rate = 0: Atrous(rate)'s index set, so
+    dense attention over the rows is Atrous(rate) attention. N must be a multiple of rate.
+    """
+    batch, length = x.shape[:2]
+    x = x.reshape(batch, length // rate, rate, *x.shape[2:])  # [B, N/rate, rate, H, D]
+    x = jnp.moveaxis(x, 2, 0)  # [rate, B, N/rate, H, D]
+    return x.reshape(rate * batch, length // rate, *x.shape[3:])
+
+
+def from_residue_batches(x: Array, rate: int) -> Array:
+    """Inverse of `to_residue_batches`: [rate·B, N/rate, H, D] → [B, N, H, D]."""
+    batch, slots = x.shape[0] // rate, x.shape[1]
+    x = jnp.moveaxis(x.reshape(rate, batch, *x.shape[1:]), 0, 2)  # [B, N/rate, rate, H, D]
+    return x.reshape(batch, slots * rate, *x.shape[3:])
+
+
+@functools.partial(jax.jit, static_argnames=("rate", "causal", "library"))
+def residue_dense_attention(q: Array, k: Array, v: Array, *, rate: int, causal: bool = False,
+                            library: str = "cudnn") -> Array:
+    """Atrous(rate) (Full: rate 1) as `jax.nn.dot_product_attention` over residue rows.
+
+    Args:
+      q, k, v: [B, N, H, D], N a multiple of ``rate``.
+      rate: the Atrous rate.
+      causal: also require j ≤ i (within a residue row, slot order is position order).
+      library: `jax.nn.dot_product_attention`'s ``implementation``: "cudnn" (GPU) or "xla".
+
+    Returns:
+      [B, N, H, D] in q's dtype.
+    """
+    rows = [to_residue_batches(x, rate) for x in (q, k, v)]
+    out = jax.nn.dot_product_attention(*rows, is_causal=causal, implementation=library)
+    return from_residue_batches(out, rate)
 
 
 def attention(q: Array, k: Array, v: Array, pattern: Pattern, *, causal: bool = False,
@@ -731,14 +812,18 @@ def attention(q: Array, k: Array, v: Array, pattern: Pattern, *, causal: bool = 
         XLA in these cases. "pallas": every part by the flash-style Pallas kernel
         `kernels.pallas.band_attention` (Triton on a GPU, interpreted on a CPU: slow, for
         tests), but `Fixed`'s summary columns, which stay XLA; its float32 matmuls are TF32
-        on a GPU unless called under ``jax.default_matmul_precision("highest")``.
+        on a GPU unless called under ``jax.default_matmul_precision("highest")``. "cudnn":
+        `Full` and `Atrous` by cuDNN's fused attention on the residue layout
+        (`residue_dense_attention`; GPU only, see `cudnn_unsupported_reason`). On a GPU,
+        "auto" runs "cudnn" where cuDNN takes the call and "pallas" otherwise
+        (`resolve_implementation`).
 
     Returns:
       [B, N, H, E] in the dtype of ``v``; zeros for a query with no allowed key.
 
     Raises:
       ValueError: on mismatched shapes, naming the argument and the shapes; on an unknown
-        ``implementation``, or "cpu_kernel" for arrays the kernel does not take.
+        ``implementation``, or "cpu_kernel" / "cudnn" for a call that path does not take.
       TypeError: if ``pattern`` is not one of the pattern classes.
     """
     _validate(q, k, v, pattern, key_mask)
@@ -749,6 +834,22 @@ def attention(q: Array, k: Array, v: Array, pattern: Pattern, *, causal: bool = 
         reason = cpu_band.unsupported_reason(q, v)
         if reason is not None:
             raise ValueError(f"implementation='cpu_kernel': {reason}")
+    # The CPU's "auto" is chosen at lowering (`_dispatch`); a GPU's here, per call.
+    if implementation == "auto" and jax.default_backend() == "gpu":
+        implementation = resolve_implementation(
+            "auto", platform="gpu", dtype=q.dtype, head_dim=q.shape[-1], pattern=pattern,
+            length=q.shape[1], has_key_mask=key_mask is not None)
+    if implementation == "cudnn":
+        reason = cudnn_unsupported_reason(pattern, dtype=q.dtype, head_dim=q.shape[-1],
+                                          value_dim=v.shape[-1], length=q.shape[1],
+                                          has_key_mask=key_mask is not None)
+        if reason is None and jax.default_backend() != "gpu":
+            reason = f"cuDNN needs a GPU, and JAX runs on {jax.default_backend()}"
+        if reason is not None:
+            raise ValueError(f"implementation='cudnn': {reason}")
+        return residue_dense_attention(
+            q, k, v, rate=pattern.rate if isinstance(pattern, Atrous) else 1,
+            causal=bool(causal), library="cudnn").astype(v.dtype)
     if key_mask is None:
         key_mask = jnp.ones(q.shape[:2], bool)
     return _attention(q, k, v, jnp.asarray(key_mask, bool), pattern, bool(causal),

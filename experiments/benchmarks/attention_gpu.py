@@ -307,28 +307,10 @@ def dense(q, k, v, *, implementation):
     return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
 
 
-def to_residue_layout(x, rate: int):
-    """[B, N, H, D] → [rate·B, N/rate, H, D]: position t·rate + g is slot t of sequence g·B + b.
-
-    Query i and key j share a sequence iff (i − j) mod rate = 0: Atrous(rate)'s index set.
-    """
-    batch, length = x.shape[:2]
-    x = x.reshape(batch, length // rate, rate, *x.shape[2:])  # [B, N/rate, rate, H, D]
-    x = jnp.moveaxis(x, 2, 0)  # [rate, B, N/rate, H, D]
-    return x.reshape(rate * batch, length // rate, *x.shape[3:])
-
-
-def from_residue_layout(x, rate: int):
-    """Inverse of `to_residue_layout`: [rate·B, N/rate, H, D] → [B, N, H, D]."""
-    batch, slots = x.shape[0] // rate, x.shape[1]
-    x = jnp.moveaxis(x.reshape(rate, batch, *x.shape[1:]), 0, 2)  # [B, N/rate, rate, H, D]
-    return x.reshape(batch, slots * rate, *x.shape[3:])
-
-
 def residue_dense(q, k, v, *, rate: int, implementation: str = "cudnn"):
-    """Atrous(rate) as dense attention over each residue group (cuDNN on a GPU)."""
-    grouped = [to_residue_layout(x, rate) for x in (q, k, v)]
-    return from_residue_layout(dense(*grouped, implementation=implementation), rate)
+    """Atrous(rate) as dense attention over each residue group (cuDNN on a GPU): what
+    ``attention(..., implementation="cudnn")`` runs, `attention.residue_dense_attention`."""
+    return attention.residue_dense_attention(q, k, v, rate=rate, library=implementation)
 
 
 def loss_gradients(forward: Callable) -> Callable:
@@ -608,7 +590,8 @@ class _JaxRun:
         after = _memory_stats()
         resolved = (attention.resolve_implementation(
             case.implementation, platform=jax.default_backend(), dtype=q.dtype,
-            head_dim=self.scope.head_dim) if case.path == OURS else None)
+            head_dim=self.scope.head_dim, pattern=patterns(case.length)[case.family],
+            length=case.length) if case.path == OURS else None)
         extra = case_extra(case, self.scope)
         extra.update(calls_per_sample=timing.calls_per_sample, first_call_s=timing.first_s,
                      resolved=resolved, planned_bytes=planned,
@@ -687,9 +670,12 @@ def run(report: harness.Report, quick: bool = False, *,
                 + ("= one call (quick)" if quick else f"= median over samples of ≥ "
                    f"{SAMPLE_S * 1e3:.0f} ms of back-to-back calls"))
     for dtype in scope.dtypes:
-        resolved = attention.resolve_implementation("auto", platform=backend, dtype=dtype,
-                                                    head_dim=scope.head_dim)
-        report.note(f"implementation='auto' runs {resolved!r} for {dtype} on {backend}")
+        length = scope.lengths[0]
+        chosen = {family: attention.resolve_implementation(
+            "auto", platform=backend, dtype=dtype, head_dim=scope.head_dim, pattern=pattern,
+            length=length) for family, pattern in patterns(length).items()}
+        report.note(f"implementation='auto' runs, for {dtype} on {backend}: "
+                    + ", ".join(f"{family} {impl!r}" for family, impl in chosen.items()))
     if backend == "gpu":
         report.note("float32 matmuls: TF32 in JAX (default precision) and torch ('high')")
     for text in notes:

@@ -12,7 +12,6 @@ import subprocess
 import types
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -198,15 +197,6 @@ def test_sparse_rate_at_the_target_length_is_181():
 
 # ------------------------------------------------------------------------------------------
 # The functions timed.
-
-
-def test_residue_layout_round_trips_and_groups_positions_by_residue():
-    x = jnp.arange(2 * 24 * 3 * 1).reshape(2, 24, 3, 1)
-    grouped = bench.to_residue_layout(x, 8)
-    assert grouped.shape == (16, 3, 3, 1)
-    # Sequence g·B + b holds positions g, g + 8, g + 16 of batch row b.
-    np.testing.assert_array_equal(grouped[5 * 2 + 1, :, 0, 0], x[1, [5, 13, 21], 0, 0])
-    np.testing.assert_array_equal(bench.from_residue_layout(grouped, 8), x)
 
 
 def test_dense_attention_on_the_residue_layout_is_atrous_attention():

@@ -1,7 +1,7 @@
 """Tests for kernels/pallas/band_attention.py and `attention(..., implementation="pallas")`.
 
 On a CPU the kernels run in Pallas' interpret mode, so sizes stay small (lengths ≤ 100, blocks
-of 16). The `gpu`-marked tests at the end run the same checks compiled, at n = 4096.
+of 16). The `gpu`-marked tests at the end run the same checks compiled, at n = 2048.
 """
 
 import contextlib
@@ -261,7 +261,7 @@ GPU_CASES = [(Local(64), False), (Local(64), True), (Local(16, 4), False), (Atro
 @on_gpu
 @pytest.mark.parametrize("pattern, causal", GPU_CASES, ids=repr)
 def test_gpu_float32_at_highest_precision_matches_a_float64_oracle(pattern, causal):
-    q, k, v, cotangent, key_mask = random_inputs(7, batch=2, length=4096, heads=4,
+    q, k, v, cotangent, key_mask = random_inputs(7, batch=2, length=2048, heads=4,
                                                  head_dim=64, value_dim=64)
     with jax.default_matmul_precision("highest"):
         assert_close_to_reference(pattern, causal, q, k, v, cotangent, key_mask,
@@ -272,9 +272,31 @@ def test_gpu_float32_at_highest_precision_matches_a_float64_oracle(pattern, caus
 @on_gpu
 @pytest.mark.parametrize("pattern, causal", GPU_CASES, ids=repr)
 def test_gpu_bfloat16_matches_a_float32_reference(pattern, causal):
-    q, k, v, cotangent, key_mask = random_inputs(8, batch=2, length=4096, heads=4,
+    q, k, v, cotangent, key_mask = random_inputs(8, batch=2, length=2048, heads=4,
                                                  head_dim=64, value_dim=64,
                                                  dtype=jnp.bfloat16)
     # bfloat16 keeps 8 bits of mantissa: outputs and gradients agree to a few 1e-2.
     assert_close_to_reference(pattern, causal, q, k, v, cotangent, key_mask, tolerance=5e-2,
                               reference_dtype=jnp.float32)
+
+
+@pytest.mark.gpu
+@on_gpu
+@pytest.mark.parametrize("pattern, causal", [(Full(), False), (Full(), True), (Atrous(8), False)],
+                         ids=repr)
+def test_gpu_cudnn_path_and_auto_match_a_float32_reference(pattern, causal):
+    q, k, v, cotangent, _ = random_inputs(9, batch=2, length=2048, heads=4, head_dim=64,
+                                          value_dim=64, dtype=jnp.bfloat16)
+    assert attn.resolve_implementation("auto", platform="gpu", dtype=q.dtype, head_dim=64,
+                                       pattern=pattern, length=2048) == "cudnn"
+    key_mask = jnp.ones((2, 2048), bool)  # all valid: the reference's mask changes nothing
+    want = reference_output_and_grads(pattern, causal, q, k, v, cotangent, key_mask,
+                                      jnp.float32)
+    for implementation in ("cudnn", "auto"):
+        got = output_and_grads(q, k, v, None, cotangent,
+                               fn=functools.partial(attn.attention,
+                                                    implementation=implementation),
+                               pattern=pattern, causal=causal)
+        for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+            np.testing.assert_allclose(np.asarray(g, np.float64), w, rtol=5e-2, atol=5e-2,
+                                       err_msg=f"{implementation} {name} {pattern}")
