@@ -11,12 +11,19 @@ sides, float32, padding in every row (the last 25% of positions masked in half t
   calls; with the machine's core count as intra-op threads (the baseline) and with 1 thread
   (on a loaded machine OpenMP workers can wait on each other).
 
+On a GPU (JAX's default backend "gpu"), both sides run there, in float32 and in bfloat16:
+JAX with `BertEncoder(dtype=bfloat16)` (parameters float32), PyTorch under
+`torch.autocast("cuda", torch.bfloat16)`; float32 matmuls are those each framework defaults
+to (TF32 in both). The PyTorch float32 row is each dtype group's baseline.
+
 Memory: JAX rows carry XLA's compiled memory analysis (temporaries, arguments); every row
 records the process's peak resident set after it (`max_rss_bytes`, monotone within the one
-process, so a later row's figure includes the earlier rows' peak). `--quick` runs a 1-layer,
-hidden-64 model at batch 4, length 16.
+process, so a later row's figure includes the earlier rows' peak), and on a GPU the peak
+device memory of each side (`peak_device_bytes`, torch's `max_memory_allocated`, reset per
+row). `--quick` runs a 1-layer, hidden-64 model at batch 4, length 16.
 """
 
+import contextlib
 import os
 import resource
 
@@ -29,9 +36,14 @@ from models import bert
 
 FULL = dict(batch=32, length=160, vocab_size=21128, hidden_size=768, num_heads=12,
             intermediate_size=3072, layers=(4, 12), repeats={4: 3, 12: 2},
-            torch_threads=(os.cpu_count() or 1, 1))
+            torch_threads=(os.cpu_count() or 1, 1), dtypes=("float32",))
+# On a GPU: BERT-base itself (12 layers), one torch row (its intra-op threads do not matter
+# there), float32 and bfloat16.
+GPU = dict(FULL, layers=(12,), repeats={12: 10}, torch_threads=(1,),
+           dtypes=("float32", "bfloat16"))
 QUICK = dict(batch=4, length=16, vocab_size=100, hidden_size=64, num_heads=4,
-             intermediate_size=128, layers=(1,), repeats={1: 2}, torch_threads=(1,))
+             intermediate_size=128, layers=(1,), repeats={1: 2}, torch_threads=(1,),
+             dtypes=("float32",))
 
 
 def fwd_bwd_flops(batch: int, length: int, hidden: int, intermediate: int, layers: int
@@ -56,27 +68,31 @@ def _max_rss_bytes() -> int:
 
 
 def time_jax(report: harness.Report, group: str, config: bert.BertConfig, ids, mask,
-             repeats: int, flops: float) -> None:
-    """Times jax.grad of the mean squared last hidden state of `BertEncoder`."""
-    model = bert.BertEncoder(config)
+             repeats: int, flops: float, dtype: str = "float32") -> None:
+    """Times jax.grad of the mean squared last hidden state of `BertEncoder` in ``dtype``."""
+    model = bert.BertEncoder(config, dtype=jnp.dtype(dtype))
     params = model.init(jax.random.PRNGKey(0), jnp.asarray(ids[:1]))["params"]
 
     def loss_and_grads(params, ids, mask):
         def loss(params):
             hidden = model.apply({"params": params}, ids, None, mask)   # [B, T, H]
-            return jnp.mean(jnp.square(hidden))
+            return jnp.mean(jnp.square(hidden.astype(jnp.float32)))
         return jax.value_and_grad(loss)(params)
 
-    report.time_jax(group, "jax BertEncoder", loss_and_grads, params, jnp.asarray(ids),
+    report.time_jax(group, f"jax BertEncoder {dtype}", loss_and_grads, params, jnp.asarray(ids),
                     jnp.asarray(mask), flops=flops, repeats=repeats)
     report.rows[-1].extra["max_rss_bytes"] = _max_rss_bytes()
 
 
 def time_torch(report: harness.Report, group: str, config: bert.BertConfig, ids, mask,
-               repeats: int, flops: float, threads: int, baseline: bool) -> None:
-    """Times forward + backward of transformers' BertModel with `threads` intra-op threads."""
+               repeats: int, flops: float, threads: int, baseline: bool,
+               dtype: str = "float32") -> None:
+    """Times forward + backward of transformers' BertModel with `threads` intra-op threads,
+    on CUDA when JAX runs on a GPU (bfloat16 through autocast)."""
     import torch
     import transformers
+    on_gpu = jax.default_backend() == "gpu"
+    device = torch.device("cuda" if on_gpu else "cpu")
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = transformers.BertModel(transformers.BertConfig(
@@ -84,26 +100,36 @@ def time_torch(report: harness.Report, group: str, config: bert.BertConfig, ids,
         num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads,
         intermediate_size=config.intermediate_size, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0), add_pooling_layer=False).train()
-    ids_t, mask_t = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(
-        mask.astype(np.int64))
+        attention_probs_dropout_prob=0.0), add_pooling_layer=False).train().to(device)
+    ids_t = torch.from_numpy(ids.astype(np.int64)).to(device)
+    mask_t = torch.from_numpy(mask.astype(np.int64)).to(device)
+    autocast = (torch.autocast("cuda", torch.bfloat16) if dtype == "bfloat16"
+                else contextlib.nullcontext())
 
     def step():
         model.zero_grad(set_to_none=True)
-        hidden = model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
-        loss = hidden.square().mean()
+        with autocast:
+            hidden = model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
+        loss = hidden.float().square().mean()
         loss.backward()
-        return loss.item()
+        return loss.item()   # waits for the device
 
-    report.time_call(group, f"torch BertModel ({torch.get_num_threads()} threads)", step,
-                     baseline=baseline, flops=flops, repeats=repeats,
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    label = (f"torch BertModel cuda {dtype}" if on_gpu
+             else f"torch BertModel ({torch.get_num_threads()} threads)")
+    report.time_call(group, label, step, baseline=baseline, flops=flops, repeats=repeats,
                      shapes=f"ids {tuple(ids.shape)}")
     report.rows[-1].extra["max_rss_bytes"] = _max_rss_bytes()
+    if on_gpu:
+        report.rows[-1].peak_device_bytes = torch.cuda.max_memory_allocated()
+        del model
+        torch.cuda.empty_cache()
 
 
 def run(report: harness.Report, quick: bool) -> None:
     """One group per layer count: PyTorch baseline first, then JAX."""
-    sizes = QUICK if quick else FULL
+    sizes = QUICK if quick else GPU if jax.default_backend() == "gpu" else FULL
     ids, mask = make_inputs(sizes["batch"], sizes["length"], sizes["vocab_size"])
     try:
         import torch  # noqa: F401
@@ -118,18 +144,20 @@ def run(report: harness.Report, quick: bool) -> None:
                                  num_attention_heads=sizes["num_heads"],
                                  intermediate_size=sizes["intermediate_size"],
                                  hidden_dropout_prob=0.0)
-        group = (f"{layers} layers, H={sizes['hidden_size']}, B={sizes['batch']}, "
-                 f"T={sizes['length']} fwd+bwd")
         flops = fwd_bwd_flops(sizes["batch"], sizes["length"], sizes["hidden_size"],
                               sizes["intermediate_size"], layers)
         repeats = sizes["repeats"][layers]
-        if have_torch:
-            for index, threads in enumerate(sizes["torch_threads"]):
-                time_torch(report, group, config, ids, mask, repeats, flops, threads,
-                           baseline=index == 0)
-        time_jax(report, group, config, ids, mask, repeats, flops)
-        baseline = report.baseline_of(group)
-        if baseline is not None:
-            report.finding(f"{group}: time of PyTorch / JAX", report.speedup(report.rows[-1]),
-                           speed=True, detail=f"JAX temporaries "
-                           f"{(report.rows[-1].temp_bytes or 0) / 2**20:.1f} MiB")
+        for dtype in sizes["dtypes"]:
+            group = (f"{layers} layers, H={sizes['hidden_size']}, B={sizes['batch']}, "
+                     f"T={sizes['length']} fwd+bwd"
+                     + (f", {dtype}" if len(sizes["dtypes"]) > 1 else ""))
+            if have_torch:
+                for index, threads in enumerate(sizes["torch_threads"]):
+                    time_torch(report, group, config, ids, mask, repeats, flops, threads,
+                               baseline=index == 0, dtype=dtype)
+            time_jax(report, group, config, ids, mask, repeats, flops, dtype)
+            if report.baseline_of(group) is not None:
+                report.finding(f"{group}: time of PyTorch / JAX",
+                               report.speedup(report.rows[-1]), speed=True,
+                               detail=f"JAX temporaries "
+                               f"{(report.rows[-1].temp_bytes or 0) / 2**20:.1f} MiB")

@@ -245,16 +245,19 @@ class Report:
 
     def markdown(self) -> str:
         """The results as a markdown table, one line per row, notes below."""
+        # The peak device memory column only where a device keeps such statistics (GPUs).
+        peaks = any(row.peak_device_bytes for row in self.rows)
         lines = [f"### {self.name} ({self.device}, jax {jax.__version__})", "",
                  "| group | implementation | median | × baseline | compile | temp memory "
-                 "| GFLOP/s |",
-                 "|---|---|---|---|---|---|---|"]
+                 + ("| peak device memory " if peaks else "") + "| GFLOP/s |",
+                 "|---|---|---|---|---|---|" + ("---|" if peaks else "") + "---|"]
         for row in self.rows:
             ratio = self.speedup(row)
+            peak = f"| {_bytes(row.peak_device_bytes)} " if peaks else ""
             lines.append(
                 f"| {row.group} | {row.impl}{' (baseline)' if row.baseline else ''} "
                 f"| {_seconds(row.median_s)} | {'' if ratio is None else f'{ratio:.2f}×'} "
-                f"| {_seconds(row.compile_s)} | {_bytes(row.temp_bytes)} "
+                f"| {_seconds(row.compile_s)} | {_bytes(row.temp_bytes)} {peak}"
                 f"| {'' if row.gflops_per_s is None else f'{row.gflops_per_s:.1f}'} |")
         lines += [""] + [f"- {note}" for note in self.notes]
         if self.findings:
