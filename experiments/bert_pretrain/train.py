@@ -19,7 +19,6 @@ import numpy as np
 import optax
 
 from experiments import data, evaluation, schedules, trainer
-from experiments.bert_pretrain.model import BertForMaskedLM, head_tensors
 from experiments.nl2sql import generate
 from experiments.nl2sql.tokenization import SPECIAL_TOKENS, CharTokenizer, read_vocab
 from models import bert
@@ -232,7 +231,7 @@ def run(config, workdir: pathlib.Path) -> dict[str, float]:
                    "positions": positions, "labels": labels, "weights": weights}
 
     sizes = encoder_config(config, tokenizer.vocab_size)
-    model = BertForMaskedLM(sizes, dtype=trainer.compute_dtype(config.trainer))
+    model = bert.BertForMaskedLM(sizes, dtype=trainer.compute_dtype(config.trainer))
     optimizer = make_optimizer(config)
 
     def predict(params, batch):
@@ -275,7 +274,7 @@ def run(config, workdir: pathlib.Path) -> dict[str, float]:
                               step="best")
     params = jax.device_get(best["params"])
     output = workdir / "bert"
-    bert.save_pretrained(output, sizes, params["bert"], extra_tensors=head_tensors(params),
+    bert.save_pretrained(output, sizes, params["bert"], extra_tensors=bert.head_tensors(params),
                          vocab=tokens)
     metrics = evaluator(best)
     summary = {**metrics, "uniform_loss": math.log(tokenizer.vocab_size),

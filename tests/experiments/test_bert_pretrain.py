@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from experiments.bert_pretrain import train
-from experiments.bert_pretrain.model import BertForMaskedLM, head_tensors
 from experiments.nl2sql.tokenization import SPECIAL_TOKENS, CharTokenizer
 from models import bert
 
@@ -75,14 +74,14 @@ def test_head_matches_transformers_masked_lm(tmp_path):
     config = bert.BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
                              num_attention_heads=2, intermediate_size=24,
                              max_position_embeddings=16, hidden_dropout_prob=0.0)
-    model = BertForMaskedLM(config)
+    model = bert.BertForMaskedLM(config)
     ids = np.array([[2, 7, 9, 4, 3, 0], [2, 11, 4, 12, 3, 1]])
     mask = np.array([[1, 1, 1, 1, 1, 0], [1] * 6])
     positions = np.array([[1, 3], [2, 4]])
     params = model.init(jax.random.PRNGKey(2), ids, mask, positions)["params"]
     params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(3),
                                                                  p.shape), params)
-    bert.save_pretrained(tmp_path, config, params["bert"], extra_tensors=head_tensors(params))
+    bert.save_pretrained(tmp_path, config, params["bert"], extra_tensors=bert.head_tensors(params))
     reference = transformers.BertForMaskedLM.from_pretrained(
         tmp_path, use_kernels=False).eval()   # the repository's kernels/ is not theirs
     ours = model.apply({"params": params}, ids, mask, positions)
