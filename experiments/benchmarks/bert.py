@@ -71,7 +71,9 @@ def time_jax(report: harness.Report, group: str, config: bert.BertConfig, ids, m
              repeats: int, flops: float, dtype: str = "float32") -> None:
     """Times jax.grad of the mean squared last hidden state of `BertEncoder` in ``dtype``."""
     model = bert.BertEncoder(config, dtype=jnp.dtype(dtype))
-    params = model.init(jax.random.PRNGKey(0), jnp.asarray(ids[:1]))["params"]
+    # Jitted: run op by op, the initialisation dispatches hundreds of small programs, each
+    # compiled on first use on a GPU.
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.asarray(ids[:1]))["params"]
 
     def loss_and_grads(params, ids, mask):
         def loss(params):
