@@ -25,11 +25,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.recurrent import GRU
+from models.recurrent import GRU, Bidirectional
 
 Array = jax.Array
 
 FINAL_STATES = ("last_step", "masked")
+# How the GRU states become one vector: "final" the final state (`final_state` says which),
+# "max" the element-wise maximum over the states at the real characters (ids > 0), the
+# max-pooled BiLSTM encoder of InferSent (Conneau et al., arXiv 1705.02364).
+POOLINGS = ("final", "max")
 
 # Keras's `K.l2_normalize` epsilon: a floor on the squared norm, so that a zero vector
 # maps to zero with a finite gradient instead of 0/0.
@@ -82,6 +86,13 @@ class SentenceEncoder(nn.Module):
         padding too) or ``"masked"`` (the state at the last real character, ids > 0); see
         docs/sentence_similarity.md §2 item 2 and §7. An all-pad row has the zero initial
         state, which normalises to the zero vector.
+      bidirectional: False (the seed): one GRU reading left to right. True: a second GRU
+        reads each sentence right to left (`models.recurrent.Bidirectional`, on the true
+        length in ``"masked"`` mode) and z is 2H wide: both final states, or both halves
+        of every step's state, concatenated (docs/sentence_similarity.md §9).
+      pooling: one of `POOLINGS`; ``"final"`` (the seed) or ``"max"`` over the real steps.
+      dropout: rate of dropout on the embedded characters while training (the seed: 0,
+        none); it needs a "dropout" rng when ``train`` and is off otherwise.
       dtype: computation dtype (None: float32 parameters decide).
       unroll: GRU time steps per scan iteration (speed only).
     """
@@ -90,19 +101,23 @@ class SentenceEncoder(nn.Module):
     embed_dim: int = 128
     hidden_dim: int = 128
     final_state: str = "last_step"
+    bidirectional: bool = False
+    pooling: str = "final"
+    dropout: float = 0.0
     dtype: Any = None
     unroll: int = 1
 
     @nn.compact
-    def __call__(self, token_ids: Array) -> Array:
+    def __call__(self, token_ids: Array, *, train: bool = False) -> Array:
         """Encodes right-padded token ids.
 
         Args:
           token_ids: (B, T) int, 0 for padding.
+          train: apply dropout (needs the "dropout" rng when ``dropout`` > 0).
 
         Returns:
-          (B, H) float sentence vectors of unit norm (zero for an all-pad row in
-          ``"masked"`` mode).
+          (B, H) float sentence vectors of unit norm, (B, 2H) when ``bidirectional`` (zero
+          for an all-pad row in ``"masked"`` mode).
 
         Raises:
           ValueError: on a bad ``final_state`` or a token_ids array that is not 2-D int.
@@ -111,6 +126,8 @@ class SentenceEncoder(nn.Module):
             raise ValueError(
                 f"final_state must be one of {FINAL_STATES}, got {self.final_state!r}"
             )
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if token_ids.ndim != 2 or not jnp.issubdtype(token_ids.dtype, jnp.integer):
             raise ValueError(
                 "token_ids must be a (batch, time) integer array, got shape "
@@ -123,11 +140,36 @@ class SentenceEncoder(nn.Module):
             dtype=self.dtype,
             name="embedding",
         )(token_ids)  # [B, T, D]
+        embedded = nn.Dropout(self.dropout)(embedded, deterministic=not train)
         mask = token_ids > 0 if self.final_state == "masked" else None
-        _, state = GRU(self.hidden_dim, dtype=self.dtype, unroll=self.unroll, name="gru")(
-            embedded, mask=mask
-        )  # [B, H]
-        return l2_normalize(state)
+        sequences = self.bidirectional or self.pooling == "max"
+        layer = GRU(self.hidden_dim, return_sequences=sequences, dtype=self.dtype,
+                    unroll=self.unroll, name=None if self.bidirectional else "gru")
+        if self.bidirectional:
+            outputs, (forward, backward) = Bidirectional(layer, name="bigru")(
+                embedded, mask=mask
+            )  # [B, T, 2H]; final states [B, H] after the last real character and the first
+            state = jnp.concatenate([forward, backward], axis=-1)  # [B, 2H]
+        else:
+            outputs, state = layer(embedded, mask=mask)  # [B, T, H] or None; [B, H]
+        if self.pooling == "final":
+            return l2_normalize(state)
+        return l2_normalize(max_over_real_steps(outputs, token_ids > 0))
+
+
+def max_over_real_steps(outputs: Array, valid: Array) -> Array:
+    """Element-wise maximum of the states at the real steps; zero for a row with none.
+
+    Args:
+      outputs: (B, T, F) float states.
+      valid: (B, T) bool, True at real characters.
+
+    Returns:
+      (B, F) float.
+    """
+    lowest = jnp.finfo(outputs.dtype).min
+    pooled = jnp.max(jnp.where(valid[:, :, None], outputs, lowest), axis=1)  # [B, F]
+    return jnp.where(jnp.any(valid, axis=1)[:, None], pooled, 0.0)
 
 
 class CosineClassifier(nn.Module):
@@ -179,6 +221,9 @@ class SentenceClassifier(nn.Module):
       embed_dim: D (seed: 128).
       hidden_dim: H (seed: 128).
       final_state: see `SentenceEncoder`.
+      bidirectional: see `SentenceEncoder`.
+      pooling: see `SentenceEncoder`.
+      dropout: see `SentenceEncoder`.
       dtype: computation dtype.
       unroll: GRU time steps per scan iteration (speed only).
     """
@@ -188,6 +233,9 @@ class SentenceClassifier(nn.Module):
     embed_dim: int = 128
     hidden_dim: int = 128
     final_state: str = "last_step"
+    bidirectional: bool = False
+    pooling: str = "final"
+    dropout: float = 0.0
     dtype: Any = None
     unroll: int = 1
 
@@ -197,15 +245,19 @@ class SentenceClassifier(nn.Module):
             self.embed_dim,
             self.hidden_dim,
             self.final_state,
+            self.bidirectional,
+            self.pooling,
+            self.dropout,
             dtype=self.dtype,
             unroll=self.unroll,
         )
         self.classifier = CosineClassifier(self.num_classes, dtype=self.dtype)
 
-    def encode(self, token_ids: Array) -> Array:
-        """(B, T) int token ids → (B, H) unit sentence vectors (what retrieval keeps)."""
-        return self.encoder(token_ids)
+    def encode(self, token_ids: Array, *, train: bool = False) -> Array:
+        """(B, T) int token ids → (B, H) unit sentence vectors, (B, 2H) when bidirectional
+        (what retrieval keeps); ``train`` applies dropout."""
+        return self.encoder(token_ids, train=train)
 
-    def __call__(self, token_ids: Array) -> Array:
+    def __call__(self, token_ids: Array, *, train: bool = False) -> Array:
         """(B, T) int token ids → (B, C) cosines to every class centre."""
-        return self.classifier(self.encoder(token_ids))
+        return self.classifier(self.encoder(token_ids, train=train))

@@ -119,6 +119,40 @@ class Vocabulary:
         return cls(tuple(json.loads(pathlib.Path(path).read_text(encoding="utf-8"))["chars"]))
 
 
+def unknown_characters(token_ids: np.ndarray) -> dict[str, float]:
+    """How much of some encoded text the vocabulary does not know (the unknown id 1).
+
+    Counted on what the encoder reads: the characters kept by `Vocabulary.encode`, after
+    truncation to maxlen, padding (id 0) excluded.
+
+    Args:
+      token_ids: (n, T) int ids from `Vocabulary.encode`.
+
+    Returns:
+      {"characters": real characters, "unknown_characters": those with id 1,
+       "unknown_share": their share (0.0 without characters), "sentences": n,
+       "sentences_with_unknown": rows with at least one, "sentences_with_unknown_share"}.
+    """
+    token_ids = np.asarray(token_ids)
+    characters = int(np.sum(token_ids != PAD))
+    unknown = token_ids == UNK                                  # [n, T]
+    count = int(np.sum(unknown))
+    rows = int(np.sum(unknown.any(axis=1)))
+    sentences = int(token_ids.shape[0])
+    return {"characters": characters, "unknown_characters": count,
+            "unknown_share": count / characters if characters else 0.0,
+            "sentences": sentences, "sentences_with_unknown": rows,
+            "sentences_with_unknown_share": rows / sentences if sentences else 0.0}
+
+
+def describe_unknown(report: Mapping[str, float]) -> str:
+    """One log line from an `unknown_characters` report."""
+    return (f"unknown characters: {report['unknown_characters']} of {report['characters']} "
+            f"({report['unknown_share']:.2%}); sentences with one or more: "
+            f"{report['sentences_with_unknown']} of {report['sentences']} "
+            f"({report['sentences_with_unknown_share']:.2%})")
+
+
 @dataclasses.dataclass(frozen=True)
 class OpenSetSplit:
     """Training groups (as contiguous class ids) and unseen validation groups."""

@@ -29,6 +29,9 @@ def build_model(config, vocab_size: int, num_classes: int) -> SentenceClassifier
                               embed_dim=config.model.embed_dim,
                               hidden_dim=config.model.hidden_dim,
                               final_state=config.model.final_state,
+                              bidirectional=config.model.bidirectional,
+                              pooling=config.model.pooling,
+                              dropout=config.model.dropout,
                               dtype=trainer.compute_dtype(config.trainer))
 
 
@@ -46,7 +49,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
         optax.masked(margin_softmax.project_to_unit_norm(axis=0), is_class_kernel))
 
 
-def classification_loss(params, model, token_ids, labels, loss_config):
+def classification_loss(params, model, token_ids, labels, loss_config, key=None):
     """Mean margin-softmax loss of one batch, and its accuracy where the cosines are formed.
 
     Args:
@@ -55,13 +58,15 @@ def classification_loss(params, model, token_ids, labels, loss_config):
       token_ids: (B, T) int32.
       labels: (B,) int32 class ids.
       loss_config: kind, scale, margin, chunk_size.
+      key: the dropout rng; None runs the encoder without dropout.
 
     Returns:
       (loss, metrics): metrics has "train_accuracy" (of the plain cosine argmax) unless the
       chunked loss is used, which never forms the (B, C) cosines.
     """
     # The encoder runs in the model's compute dtype; cosines and the loss in float32.
-    z = model.apply({"params": params}, token_ids,
+    rngs = {} if key is None else {"dropout": key}
+    z = model.apply({"params": params}, token_ids, train=key is not None, rngs=rngs,
                     method=SentenceClassifier.encode).astype(jnp.float32)
     kernel = params["classifier"]["kernel"]                        # [H, C]
     kwargs = dict(kind=loss_config.kind, scale=loss_config.scale, margin=loss_config.margin)
@@ -81,10 +86,11 @@ def classification_loss(params, model, token_ids, labels, loss_config):
 def make_train_step(model, optimizer, loss_config):
     """The pure `(state, batch, key) -> (state, metrics)` step the trainer jits."""
     def train_step(state, batch, key):
-        del key  # the model has no dropout; kept for the trainer's uniform signature
         grad_fn = jax.value_and_grad(classification_loss, has_aux=True)
+        # The trainer's per-step key (fold_in(key, step)) drives dropout, if there is any.
         (loss, metrics), grads = grad_fn(state["params"], model, batch["token_ids"],
-                                          batch["labels"], loss_config)
+                                          batch["labels"], loss_config,
+                                          key if model.dropout else None)
         params, opt_state, norms = trainer.apply_updates(
             state["params"], grads, state["opt_state"], optimizer)
         return ({"params": params, "opt_state": opt_state},
@@ -179,6 +185,8 @@ def run_training(config, workdir: pathlib.Path) -> dict[str, float]:
     maxlen = config.data.maxlen
     train_ids = vocab.encode(split.train.sentences, maxlen)
     valid_ids = vocab.encode(split.valid.sentences, maxlen)
+    valid_unknown = input_pipeline.unknown_characters(valid_ids)
+    print(f"data: validation {input_pipeline.describe_unknown(valid_unknown)}", flush=True)
     batches = data.EpochBatches({"token_ids": train_ids, "labels": split.train_labels},
                                 batch_size=config.batch_size, seed=config.trainer.seed)
 
@@ -202,7 +210,9 @@ def run_training(config, workdir: pathlib.Path) -> dict[str, float]:
     threshold = choose_threshold(z, split.valid.group_ids)
     (workdir / "threshold.json").write_text(json.dumps(threshold, allow_nan=False) + "\n")
     summary = {**metrics, "best_step": result.best_step, **{
-        f"faq_{k}": v for k, v in threshold.items()}}
+        f"faq_{k}": v for k, v in threshold.items()},
+        "valid_unknown_share": valid_unknown["unknown_share"],
+        "valid_sentences_with_unknown_share": valid_unknown["sentences_with_unknown_share"]}
     trainer.update_summary(workdir, results=summary)
     print(json.dumps(summary, allow_nan=False), flush=True)
     return summary
@@ -247,7 +257,9 @@ def _load_trained(config, workdir: pathlib.Path):
 def run_evaluation(config, workdir: pathlib.Path) -> dict[str, float]:
     """Scores a trained workdir on `config.data.eval_path`; the last line printed is JSON.
 
-    Writes nothing: a finished, read-only workdir can be scored.
+    Before it, a line reports the file's unknown characters
+    (`input_pipeline.unknown_characters`), so a user sees when the text is out of the
+    vocabulary's domain. Writes nothing: a finished, read-only workdir can be scored.
 
     Raises:
       experiments.data.RecordError: for a malformed groups file.
@@ -258,10 +270,13 @@ def run_evaluation(config, workdir: pathlib.Path) -> dict[str, float]:
     retrieval.require_relevant_items(groups.group_ids, config.data.eval_path)
     vocab, model, params = _load_trained(config, workdir)
     report = input_pipeline.group_size_report(groups)
-    z = encode(model, params, vocab.encode(groups.sentences, config.data.maxlen),
-               config.eval_batch_size)
+    token_ids = vocab.encode(groups.sentences, config.data.maxlen)
+    unknown = input_pipeline.unknown_characters(token_ids)
+    z = encode(model, params, token_ids, config.eval_batch_size)
     metrics = retrieval.retrieval_metrics(z, groups.group_ids)
     print(f"{config.data.eval_path}: {report}")
+    # Text unlike the training corpus shows here first: its characters map to one id.
+    print(f"{config.data.eval_path}: {input_pipeline.describe_unknown(unknown)}")
     print(json.dumps(metrics, allow_nan=False), flush=True)
     return metrics
 

@@ -27,6 +27,21 @@ def test_vocabulary_counts_pads_and_truncates():
     np.testing.assert_array_equal(ids, [[2, 3, 1], [3, 2, 0], [2, 2, 2]])
 
 
+def test_unknown_characters_hand_computed():
+    vocab = input_pipeline.Vocabulary.build(["aab", "abc", "a"], min_count=2)  # a, b
+    ids = vocab.encode(["abc", "ba", "xyzq", ""], maxlen=3)
+    # Read: a b ? | b a | ? ? ? (q truncated away) | nothing: 8 characters, 4 unknown,
+    # in 2 of the 4 sentences.
+    report = input_pipeline.unknown_characters(ids)
+    assert report == {"characters": 8, "unknown_characters": 4, "unknown_share": 0.5,
+                      "sentences": 4, "sentences_with_unknown": 2,
+                      "sentences_with_unknown_share": 0.5}
+    assert input_pipeline.describe_unknown(report) == (
+        "unknown characters: 4 of 8 (50.00%); sentences with one or more: 2 of 4 (50.00%)")
+    empty = input_pipeline.unknown_characters(np.zeros((0, 3), np.int32))
+    assert empty["unknown_share"] == empty["sentences_with_unknown_share"] == 0.0
+
+
 def test_vocabulary_round_trips_through_json(tmp_path):
     vocab = input_pipeline.Vocabulary.build(["沙发多高", "沙发多少钱"], min_count=1)
     vocab.save(tmp_path / "vocab.json")

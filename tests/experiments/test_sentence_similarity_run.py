@@ -59,8 +59,28 @@ def test_eval_mode_scores_any_groups_file_and_ends_with_json(tmp_path, capsys):
     groups = workdir / "generated_groups.tsv"
     assert launch.main(["sentence_similarity:smoke", "--workdir", str(workdir),
                         "--config.mode=eval", f"--config.data.eval_path={groups}"]) == 0
-    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    lines = capsys.readouterr().out.strip().splitlines()
+    last = json.loads(lines[-1])
     assert set(last) == {"top1", "top5", "top10", "map_at_r"}
+    # min_count 1 over the same file: every character is known.
+    assert ": unknown characters: 0 of " in lines[-2]
+    assert "(0.00%); sentences with one or more: 0 of " in lines[-2]
+
+
+def test_recipe_model_fields_train_and_are_read_back_by_eval(tmp_path, capsys):
+    """The recipe's encoder (bidirectional, max pooling, dropout) trains, and eval mode
+    rebuilds it from config.json without repeating the flags."""
+    workdir = _smoke(tmp_path, "--config.model.bidirectional=true",
+                     "--config.model.pooling=max", "--config.model.dropout=0.2",
+                     "--config.model.final_state=masked", "--config.trainer.num_steps=10")
+    saved = json.loads((workdir / "config.json").read_text())["model"]
+    assert (saved["bidirectional"], saved["pooling"], saved["dropout"]) == (True, "max", 0.2)
+    capsys.readouterr()
+    assert launch.main(["sentence_similarity:smoke", "--workdir", str(workdir),
+                        "--config.mode=eval",
+                        f"--config.data.eval_path={workdir / 'generated_groups.tsv'}"]) == 0
+    assert set(json.loads(capsys.readouterr().out.strip().splitlines()[-1])) == {
+        "top1", "top5", "top10", "map_at_r"}
 
 
 def test_search_mode_answers_queries_with_cosines_and_a_verdict(tmp_path):

@@ -211,3 +211,87 @@ def test_sentence_classifier_composes_encoder_and_classifier():
 def test_bad_arguments_raise(final_state, ids, match):
     with pytest.raises(ValueError, match=match):
         make_encoder(final_state).init(jax.random.key(0), ids)
+
+
+def reference_states(params, token_ids):
+    """Float64 GRU states after every given step, (len(token_ids), H), unnormalised."""
+    table = np.asarray(params["embedding"]["embedding"], np.float64)
+    gru = {k: np.asarray(v, np.float64) for k, v in params["gru"].items()}
+    hidden = gru["recurrent_kernel"].shape[0]
+    state, states = np.zeros(hidden), []
+    for token in token_ids:
+        x = table[token] @ gru["kernel"] + gru["input_bias"]
+        h = state @ gru["recurrent_kernel"] + gru["recurrent_bias"]
+        z = sigmoid(x[:hidden] + h[:hidden])
+        r = sigmoid(x[hidden : 2 * hidden] + h[hidden : 2 * hidden])
+        state = z * state + (1.0 - z) * np.tanh(x[2 * hidden :] + r * h[2 * hidden :])
+        states.append(state)
+    return np.stack(states)
+
+
+def test_max_pooling_matches_reference_and_ignores_padding(params):
+    lengths = [1, 4, MAXLEN, 7]
+    ids = random_padded_ids(np.random.default_rng(11), lengths)
+    encoder = SentenceEncoder(VOCAB, EMBED, HIDDEN, final_state="masked", pooling="max")
+    z = jax.jit(encoder.apply)({"params": params}, ids)
+    for row, length in enumerate(lengths):
+        pooled = reference_states(params, ids[row, :length]).max(axis=0)
+        np.testing.assert_allclose(z[row], pooled / np.linalg.norm(pooled), atol=1e-5)
+
+
+def test_bidirectional_halves_are_each_direction_on_the_true_length():
+    lengths = [1, 5, MAXLEN]
+    ids = random_padded_ids(np.random.default_rng(12), lengths)
+    encoder = SentenceEncoder(VOCAB, EMBED, HIDDEN, final_state="masked", bidirectional=True)
+    params = encoder.init(jax.random.key(13), ids)["params"]
+    assert set(params["bigru"]) == {"forward", "backward"}
+    z = np.asarray(jax.jit(encoder.apply)({"params": params}, ids))
+    assert z.shape == (len(lengths), 2 * HIDDEN)
+    np.testing.assert_allclose(np.linalg.norm(z, axis=-1), 1.0, atol=1e-5)
+    for row, length in enumerate(lengths):
+        sentence = ids[row, :length]
+        forward = reference_states({"embedding": params["embedding"],
+                                    "gru": params["bigru"]["forward"]}, sentence)[-1]
+        backward = reference_states({"embedding": params["embedding"],
+                                     "gru": params["bigru"]["backward"]}, sentence[::-1])[-1]
+        expected = np.concatenate([forward, backward])
+        np.testing.assert_allclose(z[row], expected / np.linalg.norm(expected), atol=1e-5)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_max_pooling_all_pad_row_is_zero_with_finite_gradients(bidirectional):
+    ids = jnp.zeros((2, MAXLEN), jnp.int32).at[1, :3].set(5)
+    encoder = SentenceEncoder(VOCAB, EMBED, HIDDEN, final_state="masked", pooling="max",
+                              bidirectional=bidirectional)
+    params = encoder.init(jax.random.key(14), ids)["params"]
+    z = encoder.apply({"params": params}, ids)
+    np.testing.assert_array_equal(z[0], 0.0)
+    assert z.shape == (2, HIDDEN * (2 if bidirectional else 1))
+    grads = jax.jit(jax.grad(lambda p: encoder.apply({"params": p}, ids).sum()))(params)
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+
+
+def test_bidirectional_classifier_parameter_count():
+    vocab, classes = 300, 200
+    ids = jnp.zeros((4, 32), jnp.int32)
+    model = SentenceClassifier(vocab, classes, bidirectional=True, pooling="max")
+    params = jax.eval_shape(model.init, jax.random.key(0), ids)["params"]
+    count = sum(np.prod(x.shape) for x in jax.tree.leaves(params))
+    gru_count = 3 * 128 * 128 * 2 + 2 * 3 * 128
+    assert count == vocab * 128 + 2 * gru_count + 2 * 128 * classes
+
+
+def test_unknown_pooling_raises():
+    with pytest.raises(ValueError, match="pooling"):
+        SentenceEncoder(VOCAB, pooling="mean").init(jax.random.key(0),
+                                                    np.zeros((2, 3), np.int32))
+
+
+def test_dropout_acts_only_in_training(params):
+    ids = random_padded_ids(np.random.default_rng(15), [3, MAXLEN])
+    plain = make_encoder("masked").apply({"params": params}, ids)
+    encoder = SentenceEncoder(VOCAB, EMBED, HIDDEN, final_state="masked", dropout=0.5)
+    np.testing.assert_allclose(encoder.apply({"params": params}, ids), plain, atol=1e-6)
+    dropped = encoder.apply({"params": params}, ids, train=True,
+                            rngs={"dropout": jax.random.key(16)})
+    assert np.abs(np.asarray(dropped) - np.asarray(plain)).max() > 1e-3
