@@ -55,6 +55,7 @@ Array = jax.Array
 StepFn = Callable[[Any, Array], tuple[Array, Any]]
 
 NEG_INF = -jnp.inf
+STOP_RULES = ("exhaustive", "post")  # `beam_search`'s stop rules
 
 
 class DecodeResult(NamedTuple):
@@ -423,10 +424,68 @@ def beam_search_result(state: BeamState, *, alpha: float) -> DecodeResult:
     )
 
 
+def _post_rule_search(state: BeamState, step_fn: StepFn, *, max_len: int, eos_id: int,
+                      alpha: float, constraints: dict) -> DecodeResult:
+    """The loop of `beam_search` under ``stop_rule="post"`` (see there)."""
+    batch, beams, _ = state.alive_sequences.shape
+
+    def body(carry):
+        before, done, result = carry
+        log_probs, new_cache = step_fn(before.cache, before.last_tokens.reshape(-1))
+        log_probs = constrain_log_probs(
+            log_probs, before.alive_sequences.reshape(batch * beams, max_len), before.step,
+            eos_id=eos_id, **constraints).reshape(batch, beams, -1)
+        after = expand_beams(before, log_probs, new_cache, eos_id=eos_id, alpha=alpha)
+        score, ended, sequence, length = _best(before, log_probs, after, eos_id)
+        # Slot 0 the step's best candidate; then the best alive ones not already in slot 0
+        # (top_k leaves ``after``'s alive hypotheses sorted, best first).
+        shift = lambda chosen, alive: jnp.where(  # noqa: E731
+            ended.reshape((-1,) + (1,) * (alive.ndim - 1)),
+            jnp.concatenate([chosen[:, None], alive[:, :-1]], axis=1), alive)
+        lengths = jnp.broadcast_to(length[:, None], (batch, beams))
+        log_prob = shift(score, after.alive_log_probs)
+        chosen = DecodeResult(
+            sequences=shift(sequence, after.alive_sequences),
+            scores=log_prob / length_penalty(lengths, alpha),
+            log_probs=log_prob,
+            lengths=lengths,
+            finished=jnp.zeros((batch, beams), bool).at[:, 0].set(ended))
+        stop = ~done & (ended | (after.step >= max_len))
+        result = jax.tree.map(
+            lambda new, old: jnp.where(stop.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+            chosen, result)
+        return after, done | stop, result
+
+    empty = DecodeResult(
+        sequences=state.alive_sequences,
+        scores=jnp.full((batch, beams), NEG_INF, jnp.float32),
+        log_probs=jnp.full((batch, beams), NEG_INF, jnp.float32),
+        lengths=jnp.zeros((batch, beams), jnp.int32),
+        finished=jnp.zeros((batch, beams), bool))
+    _, _, result = jax.lax.while_loop(lambda carry: ~jnp.all(carry[1]), body,
+                                      (state, jnp.zeros((batch,), bool), empty))
+    return result
+
+
 def beam_search(step_fn: StepFn, cache: Any, start_ids, *, beam_size: int, max_len: int,
                 eos_id: int, alpha: float = 0.0, min_len: int = 0,
-                no_repeat_ngram_size: int = 0, pad_id: int = 0) -> DecodeResult:
+                no_repeat_ngram_size: int = 0, pad_id: int = 0,
+                stop_rule: str = "exhaustive") -> DecodeResult:
     """Beam search with GNMT length penalty, a minimum length and n-gram blocking.
+
+    Two stop rules (``stop_rule``, static):
+
+    * ``"exhaustive"``: the module's rule (see the module docstring): the K best finished
+      hypotheses by length-penalised score, searched until none can change. Under raw sums
+      (alpha = 0) an undertrained model's best-scoring output is often the empty one (Stahlberg
+      and Byrne, "On NMT search errors and model errors", EMNLP 2019): an exact search finds it.
+    * ``"post"``: the seed's (https://kexue.fm/archives/5861 and 6877): a batch element stops
+      at the first step whose best candidate, over the K alive expansions and the K
+      hypotheses ended at this step, is an ended one, and returns it; after L steps, the best
+      candidate of the last step. A hypothesis that ends without being its step's best is
+      dropped. Slot 0 holds the returned hypothesis; slots 1…K−1 the best alive hypotheses
+      at that step (unfinished). Ranking within a step compares equal lengths, so alpha
+      only rescales the reported scores.
 
     Args:
       step_fn: ``(cache, token_ids (B·K,)) -> (log_probs (B·K, V), cache)``; log-probs
@@ -441,6 +500,7 @@ def beam_search(step_fn: StepFn, cache: Any, start_ids, *, beam_size: int, max_l
       no_repeat_ngram_size: n > 0 forbids repeating any n-gram within a hypothesis
         (static).
       pad_id: fills ``sequences`` after the end.
+      stop_rule: one of `STOP_RULES` (static), above.
 
     Returns:
       `DecodeResult` with a K axis, best first: sequences (B, K, L), scores, log_probs,
@@ -451,8 +511,14 @@ def beam_search(step_fn: StepFn, cache: Any, start_ids, *, beam_size: int, max_l
     """
     _validate(max_len=max_len, min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size,
               alpha=alpha, beam_size=beam_size)
+    if stop_rule not in STOP_RULES:
+        raise ValueError(f"stop_rule must be one of {STOP_RULES}, got {stop_rule!r}")
     state = init_beam_state(cache, start_ids, beam_size=beam_size, max_len=max_len,
                             pad_id=pad_id)
+    if stop_rule == "post":
+        return _post_rule_search(state, step_fn, max_len=max_len, eos_id=eos_id, alpha=alpha,
+                                 constraints=dict(min_len=min_len,
+                                                  no_repeat_ngram_size=no_repeat_ngram_size))
     step = functools.partial(beam_search_step, step_fn=step_fn, eos_id=eos_id, alpha=alpha,
                              min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size)
     stop = functools.partial(beam_search_can_stop, max_len=max_len, alpha=alpha)

@@ -19,6 +19,7 @@ import ml_collections
 
 from experiments import configs, trainer
 from experiments.headlines import decode
+from kernels import decoding
 
 VARIANTS = ("", "smoke", "demo")
 MODES = ("train", "eval", "generate")
@@ -79,6 +80,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.decode.min_len = 0         # ≥ 0; end forbidden before this many tokens
     config.decode.no_repeat_ngram_size = 0  # ≥ 0; 0: off
     config.decode.alpha = 0.0         # ≥ 0; beam/rescore length penalty (0: the post's sums)
+    # beam: "post" stops when a step's best candidate has ended (the seed's rule);
+    # "exhaustive" returns the best finished title by score, which under raw sums is often
+    # the empty one (docs/headlines.md §5). rescore's n-best always runs "exhaustive".
+    config.decode.stop_rule = "post"
     config.decode.batch_size = 64     # ≥ 1; texts per decoding call
     config.generate = ml_collections.ConfigDict()
     config.generate.input = ""        # mode=generate: texts, one per line; "": stdin
@@ -150,6 +155,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("optimizer.learning_rate", "optimizer.eps"):
         configs.require_number(config, key, 0, math.inf, low_open=True)
     configs.require_number(config, "decode.alpha", 0, math.inf)
+    configs.require_choice(config, "decode.stop_rule", decoding.STOP_RULES)
     configs.require_choice(config, "decode.kind", ("auto", *decode.KINDS))
     configs.require_choice(config, "decode.direction", DIRECTIONS)
     configs.require_trainer(config)

@@ -116,7 +116,8 @@ def _strip_end(sequences, lengths, finished, reverse: bool):
 
 def search(model: HeadlineSeq2Seq, params, text_ids, *, kind: str, beam_size: int,
            max_len: int, direction: str = "l2r", alpha: float = 0.0, min_len: int = 0,
-           no_repeat_ngram_size: int = 0, rerun: bool = False) -> dict:
+           no_repeat_ngram_size: int = 0, stop_rule: str = "post",
+           rerun: bool = False) -> dict:
     """Decodes a batch of texts (traceable; jit it with the keyword arguments static).
 
     Args:
@@ -128,6 +129,9 @@ def search(model: HeadlineSeq2Seq, params, text_ids, *, kind: str, beam_size: in
       direction: "l2r" or "r2l", the decoder of greedy and beam.
       alpha: GNMT length-penalty exponent of beam (and rescore's n-best).
       min_len, no_repeat_ngram_size: the searches' constraints.
+      stop_rule: beam's, one of `kernels.decoding.STOP_RULES` ("post": the seed's, stop
+        when a step's best candidate has ended). rescore always runs "exhaustive": it needs
+        an n-best list of finished titles.
       rerun: bi_beam only: the post's full re-run per step instead of the cached step.
 
     Returns:
@@ -166,7 +170,8 @@ def search(model: HeadlineSeq2Seq, params, text_ids, *, kind: str, beam_size: in
         return {"sequences": sequences, "lengths": lengths, "directions": directions}
     result = decoding.beam_search(step, cache, jnp.full((batch,), start_id, jnp.int32),
                                   beam_size=beam_size, max_len=max_len, eos_id=end_id,
-                                  alpha=alpha, pad_id=PAD, **constraints)
+                                  alpha=alpha, pad_id=PAD, **constraints,
+                                  stop_rule=stop_rule if kind == "beam" else "exhaustive")
     if kind == "beam":
         sequences, lengths = _strip_end(result.sequences[:, 0], result.lengths[:, 0],
                                         result.finished[:, 0], direction == "r2l")

@@ -179,7 +179,7 @@ def decode_texts(model, params, vocab, texts, config, *, text_len: int, kind: st
     d = config.decode
     options = dict(kind=kind, beam_size=d.beam_size, max_len=d.max_len,
                    direction=d.direction, alpha=d.alpha, min_len=d.min_len,
-                   no_repeat_ngram_size=d.no_repeat_ngram_size)
+                   no_repeat_ngram_size=d.no_repeat_ngram_size, stop_rule=d.stop_rule)
     options.update(overrides)
     fn = decode.jitted_search(model, **options)
     ids = pipeline.encode_texts(vocab, texts, text_len)

@@ -220,6 +220,79 @@ def test_early_stop_returns_what_running_to_max_len_returns(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------
+# Beam search under the seed's stop rule.
+
+
+def post_rule_reference(tables, row, *, beam_size, max_len, min_len=0, ngram=0):
+    """The seed's beam search in plain Python: stop when a step's best candidate has ended.
+
+    Returns (sequence with EOS if it ended, Σ log p, ended, the alive list at the stop).
+    """
+    alive = [([], 0.0)]
+    for _ in range(max_len):
+        candidates, ends = [], []
+        for sequence, score in alive:
+            prev2, prev1 = ([START, START] + sequence)[-2:]
+            for token in range(VOCAB):
+                log_prob = tables[row, prev2, prev1, token]
+                blocked = (token == EOS and len(sequence) < min_len) or (
+                    ngram and has_repeated_ngram(sequence + [token], ngram))
+                if np.isfinite(log_prob) and not blocked:
+                    entry = (sequence + [token], score + log_prob)
+                    (ends if token == EOS else candidates).append(entry)
+        alive = sorted(candidates, key=lambda e: -e[1])[:beam_size]
+        best_end = max(ends, key=lambda e: e[1], default=None)
+        if best_end and (not alive or best_end[1] >= alive[0][1]):
+            return best_end[0], best_end[1], True, alive
+    return alive[0][0], alive[0][1], False, alive
+
+
+@pytest.mark.parametrize("seed, eos_boost, kwargs", [
+    (10, 0.0, {}), (11, 1.0, {}), (12, 2.5, {}), (13, 1.0, {"min_len": 3}),
+    (14, -1.0, {"ngram": 2}), (15, -4.0, {})])
+def test_post_stop_rule_matches_the_plain_python_search(seed, eos_boost, kwargs):
+    tables = markov_tables(seed, eos_boost=eos_boost, repeat_boost=1.0)
+    result = run_beam(tables, beam_size=3, max_len=6, alpha=0.6, stop_rule="post",
+                      min_len=kwargs.get("min_len", 0),
+                      no_repeat_ngram_size=kwargs.get("ngram", 0))
+    for row in range(BATCH):
+        sequence, log_prob, ended, alive = post_rule_reference(
+            tables, row, beam_size=3, max_len=6, **kwargs)
+        length = int(result.lengths[row, 0])
+        assert length == len(sequence)
+        assert np.asarray(result.sequences[row, 0, :length]).tolist() == sequence
+        np.testing.assert_array_equal(result.sequences[row, 0, length:], PAD)
+        np.testing.assert_allclose(result.log_probs[row, 0], log_prob, rtol=1e-5)
+        np.testing.assert_allclose(result.scores[row, 0], log_prob / lp(length, 0.6),
+                                   rtol=1e-5)
+        assert bool(result.finished[row, 0]) == ended
+        assert not np.asarray(result.finished[row, 1:]).any()
+        rest = alive[:2] if ended else alive[1:]  # the other slots: the best alive ones
+        for k, (other, other_log_prob) in enumerate(rest, start=1):
+            assert np.asarray(result.sequences[row, k, :length]).tolist() == other
+            np.testing.assert_allclose(result.log_probs[row, k], other_log_prob, rtol=1e-5)
+
+
+def test_post_stop_rule_avoids_the_empty_output_an_exact_search_returns():
+    # EOS first is likely but not the first step's best, so the seed's rule goes on while an
+    # exhaustive search under raw sums returns the one-token output [EOS].
+    tables = markov_tables(16)
+    tables[:, START, START] = np.log([1e-30, 1e-30, 0.3, 0.35, 0.2, 0.15])
+    for rule, expected_length in (("exhaustive", 1), ("post", None)):
+        result = run_beam(tables, beam_size=2, max_len=5, stop_rule=rule)
+        lengths = np.asarray(result.lengths[:, 0])
+        if expected_length:
+            np.testing.assert_array_equal(lengths, expected_length)
+        else:
+            assert (lengths > 1).all()
+
+
+def test_unknown_stop_rule_is_refused():
+    with pytest.raises(ValueError, match="stop_rule must be one of"):
+        run_beam(markov_tables(0), beam_size=2, max_len=4, stop_rule="first")
+
+
+# ------------------------------------------------------------------------------------------
 # Greedy.
 
 
