@@ -20,7 +20,10 @@ Memory: JAX rows carry XLA's compiled memory analysis (temporaries, arguments); 
 records the process's peak resident set after it (`max_rss_bytes`, monotone within the one
 process, so a later row's figure includes the earlier rows' peak), and on a GPU the peak
 device memory of each side (`peak_device_bytes`, torch's `max_memory_allocated`, reset per
-row). `--quick` runs a 1-layer, hidden-64 model at batch 4, length 16.
+row). Where the time goes: on CPU one more call of the baseline and of JAX runs under each
+framework's profiler, and a note gives its op time by kind (matmuls, the fused attention
+kernel, data movement, the rest; `harness.op_time_by_kind`). `--quick` runs a 1-layer,
+hidden-64 model at batch 4, length 16.
 """
 
 import contextlib
@@ -81,9 +84,12 @@ def time_jax(report: harness.Report, group: str, config: bert.BertConfig, ids, m
             return jnp.mean(jnp.square(hidden.astype(jnp.float32)))
         return jax.value_and_grad(loss)(params)
 
-    report.time_jax(group, f"jax BertEncoder {dtype}", loss_and_grads, params, jnp.asarray(ids),
-                    jnp.asarray(mask), flops=flops, repeats=repeats)
+    args = (params, jnp.asarray(ids), jnp.asarray(mask))
+    report.time_jax(group, f"jax BertEncoder {dtype}", loss_and_grads, *args, flops=flops,
+                    repeats=repeats)
     report.rows[-1].extra["max_rss_bytes"] = _max_rss_bytes()
+    if jax.default_backend() == "cpu":
+        _record_op_times(report, harness.op_time_by_kind(loss_and_grads, *args))
 
 
 def time_torch(report: harness.Report, group: str, config: bert.BertConfig, ids, mask,
@@ -122,11 +128,21 @@ def time_torch(report: harness.Report, group: str, config: bert.BertConfig, ids,
              else f"torch BertModel ({torch.get_num_threads()} threads)")
     report.time_call(group, label, step, baseline=baseline, flops=flops, repeats=repeats,
                      shapes=f"ids {tuple(ids.shape)}")
+    if baseline and not on_gpu:
+        _record_op_times(report, harness.torch_op_time_by_kind(step))
     report.rows[-1].extra["max_rss_bytes"] = _max_rss_bytes()
     if on_gpu:
         report.rows[-1].peak_device_bytes = torch.cuda.max_memory_allocated()
         del model
         torch.cuda.empty_cache()
+
+
+def _record_op_times(report: harness.Report, seconds: dict[str, float]) -> None:
+    """Keeps one traced call's op time by kind on the last row and notes it under the table."""
+    row = report.rows[-1]
+    row.extra["op_seconds"] = seconds
+    report.note(f"[{row.group}] {row.impl}, op time of one traced call: "
+                + harness.op_time_summary(seconds))
 
 
 def run(report: harness.Report, quick: bool) -> None:

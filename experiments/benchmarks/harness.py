@@ -303,6 +303,137 @@ def _bytes(value: int | None) -> str:
         value /= 1024
 
 
+# ------------------------------------------------------------------------------------------
+# Where a compiled program's time goes (CPU): the profiler's per-HLO-op events, by kind.
+
+OP_KINDS = ("matmuls and convolutions", "custom calls", "data movement",
+            "elementwise and reductions")
+_MOVEMENT = {"parameter", "copy", "transpose", "bitcast", "reshape", "slice", "concatenate",
+             "pad", "tuple", "get-tuple-element", "constant"}
+_HLO_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")   # at column 0
+_HLO_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
+
+
+def _opcode(rhs: str) -> str:
+    """The opcode of an HLO instruction's right-hand side ``SHAPE opcode(operands), ...``."""
+    if rhs.startswith("("):                       # a tuple shape: skip to its closing paren
+        depth = 0
+        for index, char in enumerate(rhs):
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth == 0:
+                rhs = rhs[index + 1:]
+                break
+    else:
+        rhs = rhs.split(" ", 1)[1] if " " in rhs else ""
+    return rhs.strip().split("(", 1)[0]
+
+
+def hlo_op_kinds(hlo_text: str) -> dict[str, str]:
+    """Maps every instruction of an optimised HLO module to one of `OP_KINDS`.
+
+    A fusion is a matmul if its fused computation holds a dot or a convolution (XLA:CPU
+    names those after the library that runs them, e.g. ``ynn_fusion.31``), data movement if
+    it holds nothing but copies, transposes, pads and the like, and elementwise otherwise.
+    """
+    opcodes: dict[str, set[str]] = {}          # computation -> the opcodes in it
+    instructions: list[tuple[str, str, str]] = []   # (computation, name, rhs)
+    computation = ""
+    for line in hlo_text.splitlines():
+        header = _HLO_COMPUTATION.match(line)
+        if header:
+            computation = header.group(1)
+            opcodes[computation] = set()
+            continue
+        instruction = _HLO_INSTRUCTION.match(line)
+        if instruction and computation:
+            rhs = instruction.group(2)
+            opcodes[computation].add(_opcode(rhs))
+            instructions.append((computation, instruction.group(1), rhs))
+    kinds = {}
+    for _, name, rhs in instructions:
+        ops = {_opcode(rhs)}
+        called = re.search(r"calls=%?([\w.\-]+)", rhs)
+        if called:
+            ops |= opcodes.get(called.group(1), set())
+        if ops & {"dot", "convolution"}:
+            kinds[name] = OP_KINDS[0]
+        elif "custom-call" in ops:
+            kinds[name] = OP_KINDS[1]
+        elif ops - {"fusion"} <= _MOVEMENT:
+            kinds[name] = OP_KINDS[2]
+        else:
+            kinds[name] = OP_KINDS[3]
+    return kinds
+
+
+def op_time_by_kind(fn: Callable, *args, calls: int = 1) -> dict[str, float]:
+    """Seconds per call of ``jax.jit(fn)(*args)`` spent in each of `OP_KINDS`, from a
+    profiler trace (CPU only: on a GPU the trace's kernels do not carry HLO op names).
+
+    The shares are of the summed op time, which on CPU is close to the wall time (XLA:CPU
+    runs a program's ops one after the other, each on every core).
+    """
+    import gzip
+    import tempfile
+    if jax.default_backend() != "cpu":
+        raise ValueError("op_time_by_kind reads XLA:CPU's per-op trace events")
+    compiled = jax.jit(fn).lower(*args).compile()
+    kinds = hlo_op_kinds(compiled.as_text())
+    _block(compiled(*args))
+    with tempfile.TemporaryDirectory() as directory:
+        jax.profiler.start_trace(directory, create_perfetto_trace=True)
+        for _ in range(calls):
+            _block(compiled(*args))
+        jax.profiler.stop_trace()
+        trace_path = next(pathlib.Path(directory).rglob("*.trace.json.gz"))
+        with gzip.open(trace_path) as stream:
+            trace = json.load(stream)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    seconds = dict.fromkeys(OP_KINDS, 0.0)
+    for event in events:
+        op = (event.get("args") or {}).get("hlo_op")
+        if event.get("ph") == "X" and op:
+            seconds[kinds.get(op, OP_KINDS[3])] += event.get("dur", 0) / 1e6 / calls
+    return seconds
+
+
+_TORCH_MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm",
+                  "aten::convolution_backward", "aten::mkldnn_convolution"}
+_TORCH_MOVEMENT = {"aten::copy_", "aten::clone", "aten::contiguous", "aten::cat", "aten::pad",
+                   "aten::constant_pad_nd", "aten::index_select", "aten::embedding_dense_backward"}
+
+
+def torch_op_time_by_kind(call: Callable[[], Any], calls: int = 1) -> dict[str, float]:
+    """`op_time_by_kind` for a PyTorch call: each aten op's self CPU time, by kind (fused
+    attention kernels, e.g. scaled_dot_product_attention's, count as custom calls)."""
+    import torch
+    call()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        for _ in range(calls):
+            call()
+    seconds = dict.fromkeys(OP_KINDS, 0.0)
+    for event in profile.key_averages():
+        if not event.key.startswith("aten::"):
+            continue
+        if event.key in _TORCH_MATMULS:
+            kind = OP_KINDS[0]
+        elif "attention" in event.key:
+            kind = OP_KINDS[1]
+        elif event.key in _TORCH_MOVEMENT:
+            kind = OP_KINDS[2]
+        else:
+            kind = OP_KINDS[3]
+        seconds[kind] += event.self_cpu_time_total / 1e6 / calls
+    return seconds
+
+
+def op_time_summary(seconds: dict[str, float]) -> str:
+    """E.g. "matmuls and convolutions 78% (4.10 s), custom calls 6% (0.29 s), ..."."""
+    total = sum(seconds.values()) or 1.0
+    return ", ".join(f"{kind} {100 * value / total:.0f}% ({_seconds(value)})"
+                     for kind, value in sorted(seconds.items(), key=lambda kv: -kv[1]))
+
+
 def fit_exponent(sizes: Sequence[float], seconds: Sequence[float]) -> float:
     """Least-squares slope of log(time) against log(size): time ∝ size^slope."""
     import numpy as np

@@ -28,3 +28,16 @@ def test_quick_run_times_torch_as_the_baseline_then_jax():
     assert jax_row.extra["max_rss_bytes"] > 0
     (finding,) = report.findings
     assert finding.value == pytest.approx(torch_row.median_s / jax_row.median_s)
+
+
+def test_quick_run_notes_where_each_framework_spends_its_time():
+    pytest.importorskip("transformers")
+    report = harness.Report("bert", repeats=1)
+    bench.run(report, quick=True)
+    torch_row, jax_row = report.rows
+    for row in (torch_row, jax_row):
+        seconds = row.extra["op_seconds"]
+        assert set(seconds) == set(harness.OP_KINDS)
+        assert seconds["matmuls and convolutions"] > 0 and sum(seconds.values()) > 0
+    notes = [note for note in report.notes if "op time of one traced call" in note]
+    assert len(notes) == 2 and "matmuls and convolutions" in notes[0]
