@@ -32,10 +32,11 @@ import safetensors.numpy
 
 from experiments.errors import UserError
 from kernels.attention import Full, attention
+from models import transformer
 
 # hidden_act of config.json -> the function (Hugging Face's names).
 ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),   # exact, with erf
+    "gelu": transformer.gelu,                                # exact, with erf
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),  # the tanh approximation
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,

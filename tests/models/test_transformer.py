@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels.attention import Atrous, Fixed, Full, Local, Sparse, Strided, reference_attention
+from models import transformer
 from models.transformer import (
     DecoderLM,
     MultiHeadAttention,
@@ -246,3 +247,13 @@ def test_parse_pattern_rejects_bad_strings(text, message):
 def test_bad_configurations_raise_before_tracing(overrides, tokens, message):
     with pytest.raises(ValueError, match=message):
         _init(_model(**overrides), tokens)
+
+
+def test_gelu_is_the_exact_erf_form():
+    x = np.linspace(-8.0, 8.0, 1601, dtype=np.float32)
+    expected = np.array([0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))) for v in x.astype(float)])
+    np.testing.assert_allclose(np.asarray(transformer.gelu(jnp.asarray(x))), expected,
+                               atol=2e-6, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(jax.grad(lambda v: transformer.gelu(v).sum())(x)),
+                               np.asarray(jax.grad(lambda v: jax.nn.gelu(v, False).sum())(x)),
+                               atol=2e-6)
