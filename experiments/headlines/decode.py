@@ -176,18 +176,24 @@ def search(model: HeadlineSeq2Seq, params, text_ids, *, kind: str, beam_size: in
         sequences, lengths = _strip_end(result.sequences[:, 0], result.lengths[:, 0],
                                         result.finished[:, 0], direction == "r2l")
         return {"sequences": sequences, "lengths": lengths, "directions": directions}
-    best = rescore_choice(model, params, text_ids, result)
+    best = rescore_choice(model, params, text_ids, result, alpha)
     rows = jnp.arange(batch)
     sequences, lengths = _strip_end(result.sequences[rows, best], result.lengths[rows, best],
                                     result.finished[rows, best], False)
     return {"sequences": sequences, "lengths": lengths, "directions": directions}
 
 
-def rescore_choice(model: HeadlineSeq2Seq, params, text_ids, nbest: decoding.DecodeResult):
-    """(B,) index of the n-best hypothesis with the best mean L2R + R2L log-probability.
+def rescore_choice(model: HeadlineSeq2Seq, params, text_ids, nbest: decoding.DecodeResult,
+                   alpha: float = 0.0):
+    """(B,) index of the n-best hypothesis with the best mean L2R + R2L log-probability,
+    divided by the n-best search's length penalty lp(length with the end token) when
+    `alpha` > 0 (so both rankings treat length alike).
 
     The R2L decoder reads [END] + reversed title + [START] under teacher forcing. Slots
     without a finished hypothesis are never chosen unless all are empty (then slot 0).
+
+    Args:
+      text_ids: (B, S) int32 texts; nbest: the L2R search's result, (B, K, L) sequences.
     """
     batch, beams, max_len = nbest.sequences.shape
     flat = nbest.sequences.reshape(batch * beams, max_len)
@@ -203,7 +209,7 @@ def rescore_choice(model: HeadlineSeq2Seq, params, text_ids, nbest: decoding.Dec
     targets = jnp.concatenate([r2l_in[:, 1:], jnp.zeros_like(r2l_in[:, :1])], 1)
     token_lp = jnp.take_along_axis(r2l_lp, targets[..., None], -1)[..., 0]
     r2l_score = jnp.sum(jnp.where(targets != PAD, token_lp, 0.0), axis=1).reshape(batch, beams)
-    total = (nbest.log_probs + r2l_score) / 2.0
+    total = (nbest.log_probs + r2l_score) / 2.0 / decoding.length_penalty(nbest.lengths, alpha)
     total = jnp.where(nbest.finished, total, -jnp.inf)
     best = jnp.argmax(total, axis=1)
     return jnp.where(jnp.any(nbest.finished, axis=1), best, 0)

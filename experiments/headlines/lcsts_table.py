@@ -4,11 +4,11 @@
         --commands results/headlines/lcsts_commands.sh --out results/headlines/lcsts.md
 
 Each workdir is a `headlines` training run (`config.json`, `summary.json`, `metrics.jsonl`)
-holding one or more `eval_KIND[_DIRECTION][_exhaustive].log` files: the output of
+holding one or more `eval_KIND[_DIRECTION][_exhaustive][_alphaA].log` files: the output of
 `--config.mode=eval --config.decode.kind=KIND [--config.decode.direction=DIRECTION]
-[--config.decode.stop_rule=exhaustive]`, whose last JSON line is read (eval writes nothing
-itself, so the commands save its output there). Folders without `config.json` are skipped,
-so a glob may match a log folder too.
+[--config.decode.stop_rule=exhaustive] [--config.decode.alpha=A]`, whose last JSON line is
+read (eval writes nothing itself, so the commands save its output there). Folders without
+`config.json` are skipped, so a glob may match a log folder too.
 
 Two tables come out:
 
@@ -29,7 +29,8 @@ import sys
 from typing import NamedTuple
 
 EVAL_FILE = re.compile(
-    r"^eval_(greedy|beam|bi_beam|rescore)(?:_(l2r|r2l))?(?:_(exhaustive))?\.log$")
+    r"^eval_(greedy|beam|bi_beam|rescore)(?:_(l2r|r2l))?(?:_(exhaustive))?(?:_alpha([0-9.]+))?"
+    r"\.log$")
 KIND_NAMES = {"greedy": "greedy", "beam": "beam", "bi_beam": "bidirectional beam"}
 RESULT_COLUMNS = (("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"), ("rougeL", "ROUGE-L"),
                   ("bleu", "BLEU"), ("first4", "first-4 acc."), ("last4", "last-4 acc."),
@@ -44,7 +45,8 @@ class Run(NamedTuple):
     two_pass: bool                  # trained with two_pass.first_workdir
     config: dict                    # config.json
     summary: dict                   # summary.json ({} when training did not finish)
-    evals: dict                     # {(kind, direction or "", stop rule or ""): eval JSON}
+    evals: dict                     # {(kind, direction, stop rule, alpha) ("" if not
+    #                                  named in the file): eval JSON}
     curve: list                     # [(step, l2r_loss, r2l_loss)], training log lines
 
 
@@ -75,7 +77,7 @@ def read_run(workdir: pathlib.Path) -> Run | None:
         match = EVAL_FILE.match(path.name)
         metrics = _last_json_object(path) if match else None
         if metrics is not None:
-            evals[(match.group(1), match.group(2) or "", match.group(3) or "")] = metrics
+            evals[tuple(group or "" for group in match.groups())] = metrics
     curve = [(line["step"], line["l2r_loss"], line["r2l_loss"])
              for line in _json_lines(workdir / "metrics.jsonl")
              if line.get("split") == "train" and "l2r_loss" in line]
@@ -91,22 +93,24 @@ def run_label(run: Run) -> str:
     return "bi" + (" + two-pass" if run.two_pass else "")
 
 
-def row_label(run: Run, kind: str, direction: str, stop_rule: str = "") -> str:
+def row_label(run: Run, kind: str, direction: str, stop_rule: str = "", alpha: str = ""
+              ) -> str:
     """A decoder row's name, e.g. "uni: greedy (R2L)", "bi: bidirectional beam 3"."""
     beam = run.config["decode"]["beam_size"]
+    penalty = f", length penalty α = {alpha}" if alpha else ""
     if kind == "rescore":
-        return f"{run_label(run)}: L2R beam {beam} n-best + R2L rescoring"
+        return f"{run_label(run)}: L2R beam {beam} n-best + R2L rescoring{penalty}"
     name = KIND_NAMES[kind] + (f" {beam}" if kind in ("beam", "bi_beam") else "")
     return (f"{run_label(run)}: {name}" + (f" ({direction.upper()})" if direction else "")
-            + (f", {stop_rule} search" if stop_rule else ""))
+            + (f", {stop_rule} search" if stop_rule else "") + penalty)
 
 
 ROW_ORDER = ("greedy", "beam", "rescore", "bi_beam")
 
 
-def _row_key(run: Run, key: tuple[str, str, str]):
+def _row_key(run: Run, key: tuple[str, str, str, str]):
     return (run.interaction, run.two_pass, ROW_ORDER.index(key[0]), key[1] != "l2r", key[1],
-            key[2])
+            key[2], key[3])
 
 
 def _cell(value) -> str:

@@ -94,9 +94,10 @@ def tfidf_row(data: str) -> sweep.Row:
 
 def render(rows, args) -> str:
     """The caption and the table: the TF-IDF row, then `rows` (`sweep.Row`s of RUNS)."""
+    changed = (f"; with `{' '.join(args.overrides)}` on every run" if args.overrides else "")
     caption = (f"Open-set retrieval on `{args.data}` ({args.epochs} epochs each, batch 100, "
-               "Adam 1e-3, s = 30, m = 0.35; best top-1 checkpoint; validation = held-out "
-               "groups)")
+               "Adam 1e-3, s = 30, m = 0.35 (the seed's settings, docs/sentence_similarity.md)"
+               f"{changed}; best top-1 checkpoint; validation = held-out groups)")
     return caption + "\n\n" + sweep.markdown_table([tfidf_row(args.data), *rows], COLUMNS)
 
 

@@ -37,6 +37,8 @@ def test_table_rows_labels_and_leakage(tmp_path):
                           ("eval_rescore.log", _metrics(23.0)),
                           ("eval_beam_l2r.log", _metrics(22.0)),
                           ("eval_beam_l2r_exhaustive.log", _metrics(2.0)),
+                          ("eval_beam_l2r_exhaustive_alpha1.log", _metrics(12.0)),
+                          ("eval_rescore_alpha1.log", _metrics(13.0)),
                           ("notes.json", {"ignored": 1})],
                    curve=[(100, 6.0, 6.5), (200, 5.0, 5.5)])
     bi = _workdir(tmp_path, "headlines_lcsts_bi", interaction=True,
@@ -50,12 +52,16 @@ def test_table_rows_labels_and_leakage(tmp_path):
     assert lcsts_table.read_run(logs) is None
 
     runs = [lcsts_table.read_run(w) for w in (bi, bi2, uni)]
-    assert runs[2].evals[("greedy", "r2l", "")]["rouge1"] == 21.0  # last line of the file
+    assert runs[2].evals[("greedy", "r2l", "", "")]["rouge1"] == 21.0  # the file's last line
+    assert runs[2].evals[("rescore", "", "", "1")]["rouge1"] == 13.0
     table = lcsts_table.results_table(runs).splitlines()
     labels = [line.split(" | ")[0].lstrip("| ") for line in table[2:]]
     assert labels == ["uni: greedy (L2R)", "uni: greedy (R2L)", "uni: beam 3 (L2R)",
                       "uni: beam 3 (L2R), exhaustive search",
-                      "uni: L2R beam 3 n-best + R2L rescoring", "bi: bidirectional beam 3"]
+                      "uni: beam 3 (L2R), exhaustive search, length penalty α = 1",
+                      "uni: L2R beam 3 n-best + R2L rescoring",
+                      "uni: L2R beam 3 n-best + R2L rescoring, length penalty α = 1",
+                      "bi: bidirectional beam 3"]
     assert "| 24.00 | 12.00 | 23.00 | 1.50 | 20.00 | 10.00 | 0.00 |" in table[-1]
 
     curve = lcsts_table.leakage_curve_table(runs).splitlines()

@@ -158,3 +158,44 @@ def test_context_ids_replace_what_the_other_direction_exposes():
     changed = apply(text, titles, r2l, l2r_context_ids=pseudo)
     np.testing.assert_allclose(changed[0], base[0], rtol=1e-6)  # L2R reads R2L: unchanged
     assert not np.allclose(changed[1], base[1], atol=1e-4)      # R2L reads the pseudo L2R
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_rescore_picks_the_best_mean_of_both_directions(alpha):
+    """The n-best re-ranking against each title's R2L log-probability computed one title at
+    a time, by hand: R2L reads [END, reversed title] and must predict the title then START."""
+    from experiments.headlines.input_pipeline import END, PAD, START
+    from kernels.decoding import DecodeResult
+    model, params, text, _ = make(interaction=False)
+    nbest_titles = [[[5, 6, 7], [8], [9, 10, 11, 12, 13]],
+                    [[14], [15, 16], [17, 18, 19]],
+                    [[20, 21, 22, 4], [5, 5], [6]]]
+    log_probs = np.array([[-4.0, -2.5, -6.0], [-1.0, -3.0, -4.5], [-7.0, -3.5, -0.1]],
+                         np.float32)
+    finished = np.array([[True, True, True], [True, True, True], [True, True, False]])
+    sequences = np.full((3, 3, 6), PAD, np.int32)
+    lengths = np.zeros((3, 3), np.int32)
+    for b, titles in enumerate(nbest_titles):
+        for k, title in enumerate(titles):
+            tokens = title + ([END] if finished[b, k] else [])
+            sequences[b, k, :len(tokens)] = tokens
+            lengths[b, k] = len(tokens)
+    nbest = DecodeResult(jnp.asarray(sequences), jnp.asarray(log_probs), jnp.asarray(log_probs),
+                         jnp.asarray(lengths), jnp.asarray(finished))
+
+    expected = []
+    for b, titles in enumerate(nbest_titles):
+        totals = []
+        for k, title in enumerate(titles):
+            inputs = jnp.asarray([[END] + title[::-1]], jnp.int32)
+            targets = title[::-1] + [START]
+            _, r2l = model.apply({"params": params}, text[b:b + 1], inputs, inputs)
+            r2l_score = sum(float(r2l[0, t, target]) for t, target in enumerate(targets))
+            penalty = ((5.0 + lengths[b, k]) / 6.0) ** alpha
+            total = (log_probs[b, k] + r2l_score) / 2.0 / penalty
+            totals.append(total if finished[b, k] else -np.inf)
+        expected.append(int(np.argmax(totals)))
+
+    chosen = decode.rescore_choice(model, params, text, nbest, alpha)
+    assert np.asarray(chosen).tolist() == expected
+    assert expected[2] != 2             # the unfinished slot is never chosen
