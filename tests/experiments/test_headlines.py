@@ -2,6 +2,7 @@
 
 import io
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -106,3 +107,22 @@ def test_two_pass_training_reads_the_first_models_titles(trained, tmp_path, caps
                         f"--config.two_pass.first_workdir={trained}"]) == 0
     assert "two-pass: decoding" in capsys.readouterr().out
     assert (workdir / "vocab.json").read_text() == (trained / "vocab.json").read_text()
+
+
+HEADLINE_DATA = (pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"
+                 / "headline_generation")
+
+
+@pytest.mark.skipif(not HEADLINE_DATA.is_dir(), reason="../shared/data is absent")
+@pytest.mark.parametrize("corpus", ["LCSTS_PART_II_via_CLGE", "CSL_via_CLGE"])
+def test_the_shared_corpora_load_every_row(corpus):
+    path = HEADLINE_DATA / corpus / "val.tsv"
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    pairs, skipped = pipeline.read_pairs(path)
+    assert len(pairs) == len(lines) and not len(skipped)
+    title, text = lines[0].split("\t")
+    assert (pairs.titles[0], pairs.texts[0]) == (title.strip(), text.strip())
+    vocab = pipeline.Vocabulary.build(pairs.titles + pairs.texts, min_count=1)
+    l2r, r2l = pipeline.encode_titles(vocab, pairs.titles[:4], 30)
+    assert (l2r[:, 0] == pipeline.START).all() and (r2l[:, 0] == pipeline.END).all()
+    assert pipeline.UNK not in l2r           # every character of the titles is in the vocab
