@@ -101,19 +101,22 @@ def search_depth(labels: np.ndarray, ks=(1, 5, 10)) -> int:
     return int(min(len(labels) - 1, max(max(ks), counts.max() - 1)))
 
 
-def metrics_from_neighbours(neighbours: np.ndarray, labels: np.ndarray, ks=(1, 5, 10)
-                            ) -> dict[str, float]:
+def metrics_from_neighbours(neighbours: np.ndarray, labels: np.ndarray, ks=(1, 5, 10), *,
+                            query_rows: np.ndarray | None = None) -> dict[str, float]:
     """top-k accuracies and MAP@R from each row's ranked neighbours.
 
     Args:
-      neighbours: (n, depth) row indices, best first, never the row itself, depth at least
+      neighbours: (q, depth) row indices, best first, never the query itself, depth at least
         `search_depth(labels, ks)`.
-      labels: (n,) group ids.
+      labels: (n,) group ids of every searchable row.
+      query_rows: (q,) the row of `labels` each line of `neighbours` queries for; default:
+        all n rows in order (q = n).
     """
     labels = np.asarray(labels)
+    rows = np.arange(len(labels)) if query_rows is None else np.asarray(query_rows)
     _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    relevant = counts[inverse] - 1                              # R per query
-    hits = labels[neighbours] == labels[:, None]                # [n, depth]
+    relevant = counts[inverse][rows] - 1                        # R per query
+    hits = labels[neighbours] == labels[rows][:, None]          # [q, depth]
     metrics = {f"top{k}": float(hits[:, :k].any(axis=1).mean()) for k in ks}
     metrics["map_at_r"] = mean_average_precision_at_r(hits, relevant)
     return metrics
