@@ -183,13 +183,15 @@ def test_rescore_picks_the_best_mean_of_both_directions(alpha):
     nbest = DecodeResult(jnp.asarray(sequences), jnp.asarray(log_probs), jnp.asarray(log_probs),
                          jnp.asarray(lengths), jnp.asarray(finished))
 
+    apply = jax.jit(model.apply)     # one shape: inputs padded after the title (causal)
     expected = []
     for b, titles in enumerate(nbest_titles):
         totals = []
         for k, title in enumerate(titles):
-            inputs = jnp.asarray([[END] + title[::-1]], jnp.int32)
+            inputs = np.full((1, 7), PAD, np.int32)
+            inputs[0, :len(title) + 1] = [END] + title[::-1]
             targets = title[::-1] + [START]
-            _, r2l = model.apply({"params": params}, text[b:b + 1], inputs, inputs)
+            _, r2l = apply({"params": params}, text[b:b + 1], inputs, inputs)
             r2l_score = sum(float(r2l[0, t, target]) for t, target in enumerate(targets))
             penalty = ((5.0 + lengths[b, k]) / 6.0) ** alpha
             total = (log_probs[b, k] + r2l_score) / 2.0 / penalty
