@@ -89,7 +89,7 @@ def time_jax(report: harness.Report, group: str, config: bert.BertConfig, ids, m
                     repeats=repeats)
     report.rows[-1].extra["max_rss_bytes"] = _max_rss_bytes()
     if jax.default_backend() == "cpu":
-        _record_op_times(report, harness.op_time_by_kind(loss_and_grads, *args))
+        report.note_op_times(harness.op_time_by_kind(loss_and_grads, *args))
 
 
 def time_torch(report: harness.Report, group: str, config: bert.BertConfig, ids, mask,
@@ -129,20 +129,12 @@ def time_torch(report: harness.Report, group: str, config: bert.BertConfig, ids,
     report.time_call(group, label, step, baseline=baseline, flops=flops, repeats=repeats,
                      shapes=f"ids {tuple(ids.shape)}")
     if baseline and not on_gpu:
-        _record_op_times(report, harness.torch_op_time_by_kind(step))
+        report.note_op_times(harness.torch_op_time_by_kind(step))
     report.rows[-1].extra["max_rss_bytes"] = _max_rss_bytes()
     if on_gpu:
         report.rows[-1].peak_device_bytes = torch.cuda.max_memory_allocated()
         del model
         torch.cuda.empty_cache()
-
-
-def _record_op_times(report: harness.Report, seconds: dict[str, float]) -> None:
-    """Keeps one traced call's op time by kind on the last row and notes it under the table."""
-    row = report.rows[-1]
-    row.extra["op_seconds"] = seconds
-    report.note(f"[{row.group}] {row.impl}, op time of one traced call: "
-                + harness.op_time_summary(seconds))
 
 
 def run(report: harness.Report, quick: bool) -> None:

@@ -10,7 +10,9 @@ base width 8. JAX's step is the experiment's own (`train.make_state_and_step`, c
 checked by parameter count, with ``torch.autograd.grad(create_graph=True)`` for the penalty.
 
 Besides the full iteration, each framework's critic and generator updates are timed alone,
-so when JAX is slower the note says which half the time goes to.
+so when JAX is slower the note says which half the time goes to; on CPU a note also gives
+each framework's op time by kind for one iteration (convolutions and matmuls, data
+movement, the rest; `harness.op_time_by_kind`).
 """
 
 from __future__ import annotations
@@ -45,8 +47,13 @@ def _jax_rows(report: harness.Report, preset: str, config) -> dict[str, float]:
     key = jax.random.PRNGKey(1)
     count = sum(int(np.prod(x.shape)) for name in ("critic", "generator")
                 for x in jax.tree.leaves(state[name]["params"]))
-    full = report.time_jax(preset, "jax iteration", lambda s, b, k: step(s, b, k)[0],
-                           state, batch, key, params=count)
+
+    def iteration(state, batch, key):
+        return step(state, batch, key)[0]
+
+    full = report.time_jax(preset, "jax iteration", iteration, state, batch, key, params=count)
+    if jax.default_backend() == "cpu":
+        report.note_op_times(harness.op_time_by_kind(iteration, state, batch, key))
     return {"full": full.median_s, "params": count}
 
 
@@ -218,6 +225,7 @@ def _torch_rows(report: harness.Report, preset: str, config) -> dict[str, float]
     count = sum(p.numel() for m in (generator, critic) for p in m.parameters())
     shapes = f"{batch}×{size}²×3"
     full = report.time_call(preset, "torch iteration", iteration, shapes=shapes, params=count)
+    report.note_op_times(harness.torch_op_time_by_kind(iteration))
     critic_row = report.time_call(preset, "torch critic update", critic_update, shapes=shapes)
     generator_row = report.time_call(preset, "torch generator update", generator_update,
                                      shapes=shapes)

@@ -223,6 +223,14 @@ class Report:
         self.notes.append(text)
         print(f"  note: {text}", flush=True)
 
+    def note_op_times(self, seconds: dict[str, float]) -> None:
+        """Keeps one traced call's op time by kind (`op_time_by_kind`,
+        `torch_op_time_by_kind`) on the last row and notes it under the table."""
+        row = self.rows[-1]
+        row.extra["op_seconds"] = seconds
+        self.note(f"[{row.group}] {row.impl}, op time of one traced call: "
+                  + op_time_summary(seconds))
+
     def finding(self, what: str, value: float | None, **fields) -> Finding:
         """Records a number derived from the rows (see `Finding` for ``fields``)."""
         finding = Finding(what, None if value is None else float(value), **fields)
@@ -397,8 +405,7 @@ def op_time_by_kind(fn: Callable, *args, calls: int = 1) -> dict[str, float]:
     return seconds
 
 
-_TORCH_MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm",
-                  "aten::convolution_backward", "aten::mkldnn_convolution"}
+_TORCH_MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm"}
 _TORCH_MOVEMENT = {"aten::copy_", "aten::clone", "aten::contiguous", "aten::cat", "aten::pad",
                    "aten::constant_pad_nd", "aten::index_select", "aten::embedding_dense_backward"}
 
@@ -415,7 +422,7 @@ def torch_op_time_by_kind(call: Callable[[], Any], calls: int = 1) -> dict[str, 
     for event in profile.key_averages():
         if not event.key.startswith("aten::"):
             continue
-        if event.key in _TORCH_MATMULS:
+        if event.key in _TORCH_MATMULS or "conv" in event.key:   # every convolution op
             kind = OP_KINDS[0]
         elif "attention" in event.key:
             kind = OP_KINDS[1]
