@@ -282,14 +282,21 @@ RESUMABLE_TRAINER_FIELDS = (
     "compilation_cache_dir", "keep_freed_host_memory")
 
 
+# Experiment fields that, like trainer.num_steps, only say how long to train
+# (`with_epoch_defaults` turns them into num_steps): a longer rerun continues.
+RESUMABLE_LENGTH_FIELDS = ("epochs",)
+
+
 def config_fingerprint(config: ml_collections.ConfigDict, ignore: tuple[str, ...] = ()
                        ) -> dict[str, Any]:
     """The parts of an experiment's config that its checkpoints depend on, as a flat dict.
 
-    Everything but the trainer fields a rerun may change (`RESUMABLE_TRAINER_FIELDS`) and
-    the dotted keys in `ignore` (e.g. "mode", paths read only after training).
+    Everything but the trainer fields a rerun may change (`RESUMABLE_TRAINER_FIELDS`), the
+    run's length in epochs (`RESUMABLE_LENGTH_FIELDS`) and the dotted keys in `ignore` (e.g.
+    "mode", paths read only after training).
     """
-    skipped = {f"trainer.{name}" for name in RESUMABLE_TRAINER_FIELDS} | set(ignore)
+    skipped = ({f"trainer.{name}" for name in RESUMABLE_TRAINER_FIELDS}
+               | set(RESUMABLE_LENGTH_FIELDS) | set(ignore))
     flat = _flatten(json.loads(json.dumps(config.to_dict(), default=str)))
     return {key: value for key, value in sorted(flat.items())
             if not any(key == s or key.startswith(s + ".") for s in skipped)}

@@ -345,3 +345,16 @@ def test_cast_to_compute_casts_floats_only_and_gradients_come_back_float32():
         tree["w"])
     assert grad.dtype == jax.numpy.float32
     np.testing.assert_array_equal(grad, [2.0, 2.0])
+
+
+def test_config_fingerprint_leaves_out_how_long_to_train():
+    """A longer rerun (more epochs or steps) continues the same run; a changed model does not."""
+    import ml_collections
+    base = ml_collections.ConfigDict({"epochs": 8, "model": {"width": 4},
+                                      "trainer": trainer.default_config()})
+    longer = base.copy_and_resolve_references()
+    longer.epochs, longer.trainer.num_steps = 12, 5000
+    assert trainer.config_fingerprint(base) == trainer.config_fingerprint(longer)
+    wider = base.copy_and_resolve_references()
+    wider.model.width = 8
+    assert trainer.config_fingerprint(wider) != trainer.config_fingerprint(base)
