@@ -446,6 +446,16 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+def _without_length(fingerprint: Mapping) -> Mapping:
+    """A saved fingerprint without the length fields that checkpoints written before they
+    left `config_fingerprint` still carry under "config"."""
+    config = fingerprint.get("config")
+    if not isinstance(config, Mapping):
+        return fingerprint
+    return {**fingerprint, "config": {key: value for key, value in config.items()
+                                      if key not in RESUMABLE_LENGTH_FIELDS}}
+
+
 def fingerprint_differences(saved: Mapping, current: Mapping) -> list[str]:
     """Human-readable differences between two fingerprints ("model.width: 64 → 128")."""
     saved_flat, current_flat = _flatten(saved), _flatten(current)
@@ -522,10 +532,11 @@ def restore_latest(directory: pathlib.Path, state_template: PyTree,
                 except Exception as error:  # orbax raises many types for damaged files
                     _quarantine(directory, step, _short(error))
                     continue
-                if saved is not None and saved != fingerprint:
+                if saved is not None and _without_length(saved) != fingerprint:
                     raise FingerprintMismatchError(
                         f"{directory / str(step)} was written by a different run: "
-                        + "; ".join(fingerprint_differences(saved, fingerprint))
+                        + "; ".join(fingerprint_differences(_without_length(saved),
+                                                            fingerprint))
                         + f". To start fresh, use another --workdir or delete {directory.parent}")
             try:
                 state, meta = _read_checkpoint(manager, step, abstract)

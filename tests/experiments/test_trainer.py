@@ -204,6 +204,20 @@ def test_resuming_with_a_different_model_stops_and_says_what_differs(tmp_path):
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [10]
 
 
+def test_a_checkpoint_whose_fingerprint_still_holds_its_epochs_is_continued(tmp_path):
+    """Checkpoints written while `epochs` was part of the config fingerprint resume in a
+    longer run; any other difference still stops it."""
+    old = {"config": {"epochs": 8, "model.width": 3}}
+    trainer.train(dataclasses.replace(make_task(), fingerprint=old), _config(num_steps=10),
+                  tmp_path)
+    longer = trainer.train(dataclasses.replace(make_task(), fingerprint={
+        "config": {"model.width": 3}}), _config(num_steps=20), tmp_path)
+    assert longer.step == 20
+    with pytest.raises(trainer.FingerprintMismatchError, match=r"model.width: 3 → 4"):
+        trainer.train(dataclasses.replace(make_task(), fingerprint={
+            "config": {"model.width": 4}}), _config(num_steps=30), tmp_path)
+
+
 def test_a_different_state_shape_is_a_mismatch_not_a_corrupt_checkpoint(tmp_path):
     trainer.train(make_task(), _config(num_steps=10), tmp_path)
     task = make_task()
