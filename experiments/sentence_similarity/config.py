@@ -103,6 +103,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.model.bidirectional = True
         config.model.pooling = "max"
         config.loss.scale = 20.0          # s 30 → 20: +1.8 points top-1 (diagnosis.md)
+        config.loss.kind = "arcface"      # m = 0.35 rad: +1.0 over AM at 8 epochs (ibid.)
         config.epochs = 8
     if variant == "smoke":
         config.data.generated_items = 12
