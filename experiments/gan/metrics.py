@@ -363,6 +363,90 @@ def _subsample(descriptors: np.ndarray, count: int, key) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
+# Diversity and class agreement in a downsampled pixel space
+#
+# Both compare images after average pooling to 16 × 16: coarse enough that a pixel shift
+# or texture noise does not dominate, fine enough to tell faces apart. Distances are RMS per
+# value, so they read in the [−1, 1] units of the images.
+
+PIXEL_SPACE_RESOLUTION = 16
+
+
+def pooled_pixels(images, resolution: int = PIXEL_SPACE_RESOLUTION) -> np.ndarray:
+    """(n, R, R, c) images → (n, r·r·c) float64 vectors of their average-pooled r × r
+    version (r = `resolution`, which must divide R)."""
+    array = as_float_images(images).astype(np.float64)
+    n, height, width, channels = array.shape
+    if height % resolution or width % resolution:
+        raise ValueError(f"resolution {resolution} must divide the image size {height}×{width}")
+    pooled = array.reshape(n, resolution, height // resolution, resolution,
+                           width // resolution, channels).mean(axis=(2, 4))
+    return pooled.reshape(n, -1)
+
+
+def _rms_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, d), (m, d) → (n, m) Euclidean distances divided by √d."""
+    squared = (np.sum(a * a, axis=1)[:, None] + np.sum(b * b, axis=1)[None, :]
+               - 2.0 * a @ b.T)
+    return np.sqrt(np.maximum(squared, 0.0) / a.shape[1])
+
+
+def mean_pairwise_distance(images, resolution: int = PIXEL_SPACE_RESOLUTION) -> float:
+    """Mean RMS distance over the n (n − 1) / 2 distinct pairs of `images` (n ≥ 2, NHWC)
+    pooled to `resolution`²: a set that has collapsed onto few images scores near 0."""
+    vectors = pooled_pixels(images, resolution)
+    if len(vectors) < 2:
+        raise ValueError(f"need at least 2 images for pairwise distances, got {len(vectors)}")
+    distances = _rms_distances(vectors, vectors)
+    return float(distances[np.triu_indices(len(vectors), k=1)].mean())
+
+
+def diversity_ratio(real_images, fake_images,
+                    resolution: int = PIXEL_SPACE_RESOLUTION) -> float:
+    """`mean_pairwise_distance` of the fakes over that of the real images: 1 when the
+    samples spread as much as the data, well below 1 under mode collapse."""
+    return (mean_pairwise_distance(fake_images, resolution)
+            / mean_pairwise_distance(real_images, resolution))
+
+
+def nearest_label_agreement(query_images, query_labels, reference_images, reference_labels,
+                            resolution: int = PIXEL_SPACE_RESOLUTION) -> dict[str, float]:
+    """A classifier-free check of a class-conditional generator: how often the nearest
+    reference image (RMS distance at `resolution`²) of a query carries the query's label.
+
+    When `query_images` is `reference_images` (the same object), each image's own entry is
+    excluded (leave-one-out): the score of real images, the ceiling of the check.
+
+    Args:
+      query_images: (n, R, R, c) images, e.g. samples generated for `query_labels`.
+      query_labels: (n,) int labels.
+      reference_images: (m, R, R, c) labelled real images.
+      reference_labels: (m,) int labels.
+
+    Returns:
+      {"agreement": share of queries whose nearest reference has their label,
+       "chance": the share expected from labels alone, i.e. the mean over queries of the
+       reference frequency of the query's label}.
+    """
+    query_labels, reference_labels = np.asarray(query_labels), np.asarray(reference_labels)
+    if len(query_labels) != len(query_images) or len(reference_labels) != len(reference_images):
+        raise ValueError("each image needs one label: got "
+                         f"{len(query_images)} queries / {len(query_labels)} labels and "
+                         f"{len(reference_images)} references / {len(reference_labels)} labels")
+    leave_one_out = query_images is reference_images
+    queries = pooled_pixels(query_images, resolution)
+    references = queries if leave_one_out else pooled_pixels(reference_images, resolution)
+    distances = _rms_distances(queries, references)
+    if leave_one_out:
+        np.fill_diagonal(distances, np.inf)
+    nearest = reference_labels[np.argmin(distances, axis=1)]
+    classes, counts = np.unique(reference_labels, return_counts=True)
+    frequency = dict(zip(classes.tolist(), (counts / counts.sum()).tolist()))
+    chance = float(np.mean([frequency.get(label, 0.0) for label in query_labels.tolist()]))
+    return {"agreement": float(np.mean(nearest == query_labels)), "chance": chance}
+
+
+# ---------------------------------------------------------------------------------------
 # Fréchet distance and KID over features
 
 

@@ -158,7 +158,9 @@ def make_train_step(nets, optimizer: optax.GradientTransformation, *,
 
 class ReconstructionEvaluator:
     """x̂ = G(𝒩(E(x))) on held-out images: "reconstruction_mse" (mean squared error per
-    pixel in [−1, 1]) over the first `count` of them, an 8 × 8 grid of real/reconstructed
+    pixel in [−1, 1]) and "reconstruction_swd" (`metrics.sliced_wasserstein_distance`
+    between the images and their reconstructions, ×10³) over the first `count` of them,
+    an 8 × 8 grid of real/reconstructed
     pairs (samples/reconstruction_step_XXXXXXX.png) and a latent interpolation strip between
     two held-out images' codes (samples/interpolation_step_XXXXXXX.png)."""
 
@@ -177,7 +179,10 @@ class ReconstructionEvaluator:
             (critic["params"], critic["collections"]), {"x": self.images}, self.batch_size)
 
     def __call__(self, state, step: int) -> dict[str, float]:
-        """{"reconstruction_mse": float}; writes the two PNGs."""
+        """{"reconstruction_mse": float, "reconstruction_swd": float}; writes the two
+        PNGs."""
+        from experiments.gan import metrics as gan_metrics
+
         generator = state["generator"]
         codes = self._encode(state["critic"])                               # [n, Z]
         reconstructions = gan_train.generate(self.sampler, generator["params"],
@@ -195,4 +200,5 @@ class ReconstructionEvaluator:
                                    np.asarray(standardize(jnp.asarray(path))), self.batch_size)
         plots.save_image_strip(strip, self.workdir / "samples" /
                                f"interpolation_step_{step:07d}.png")
-        return {"reconstruction_mse": error}
+        swd = gan_metrics.sliced_wasserstein_distance(self.images, reconstructions, key=0)
+        return {"reconstruction_mse": error, "reconstruction_swd": swd["swd_avg"]}

@@ -279,11 +279,13 @@ DEFAULT_FACES = "../shared/data/gan_faces"
 ARCHITECTURE_COLUMNS = (
     sweep.Column("trunk"), sweep.Column("norm"),
     sweep.Column("SWD avg", "final.swd_avg", ".2f"),
+    sweep.Column("diversity", "final.diversity", ".3f"),
     sweep.Column("parameters", "num_params", ",.0f"),
     sweep.Column("steps/s", "steps_per_sec", ".2f"),
     sweep.Column("peak host MiB", "peak_host_memory_mb", ",.0f"),
     sweep.Column("peak device MiB", "peak_device_memory_mb", ",.0f"),
     sweep.Column("wall", "wall_seconds.total", ".0f", suffix=" s"),
+    sweep.Column("final grid"),
 )
 
 
@@ -294,6 +296,30 @@ def _image_budget(args, root: pathlib.Path, data: str) -> list[str]:
             f"model.dcgan.base_channels={args.base_channels}", f"batch_size={args.batch_size}",
             f"trainer.checkpoint_every={args.steps}", "trainer.progress_bar=false",
             f"trainer.log_every={max(1, args.steps // 20)}"]
+
+
+def _with_final_grids(rows, steps: int, images: str, prefix: str, grid: str = "") -> list:
+    """`rows` with a "final grid" label: each row's first-seed grid at `steps` (named
+    samples/step_XXXXXXX{grid}.png) copied to IMAGES/PREFIX_NAME.png and linked by its file
+    name (the table is written beside the images)."""
+    out = pathlib.Path(images)
+    out.mkdir(parents=True, exist_ok=True)
+    linked = []
+    for row in rows:
+        source = row.workdirs[0] / "samples" / f"step_{steps:07d}{grid}.png"
+        name = f"{prefix}_{row.workdirs[0].name}{grid}.png"
+        label = ""
+        if source.exists():
+            shutil.copy(source, out / name)
+            label = f"![{row.workdirs[0].name}]({name})"
+        linked.append(dataclasses.replace(row, labels={**row.labels, "final grid": label}))
+    return linked
+
+
+def _real_row(args, root: pathlib.Path, labels: dict) -> sweep.Row:
+    """The held-out vs training images row (the SWD floor; diversity 1 by definition)."""
+    final = {**real_image_reference(args, root), "diversity": 1.0}
+    return sweep.Row(labels=labels, summaries=[{"final": final}])
 
 
 def _swd_curve(workdirs) -> str:
@@ -319,12 +345,20 @@ def sweep_architectures(args) -> str:
                         seeds=tuple(args.seeds), labels={"trunk": trunk, "norm": norm})
              for trunk, norm in args.cells]
     rows = sweep.run_sweep(cells, root, runner=sweep.run_in_subprocess)
+    timing = _timing(rows)
+    table_rows = _with_final_grids(rows, args.steps, args.images,
+                                   f"architectures_{args.resolution}px")
+    table_rows.append(_real_row(args, root, {"trunk": "real images", "norm": "held-out vs "
+                                             "training (the floor)", "final grid": ""}))
     lines = [f"# GAN architectures on {pathlib.Path(args.data).name}, {args.resolution}²",
              "", f"Command: `python -m experiments.gan.sweep {' '.join(sys.argv[1:])}`", "",
              f"Budget: {args.steps} WGAN-div iterations (the seed's loss and critic), batch "
              f"{args.batch_size}, base width {args.base_channels}, seeds {args.seeds}. SWD ×10³ "
-             f"of the EMA generator against {args.eval_images} held-out images. "
-             + _timing(rows), "", sweep.markdown_table(rows, ARCHITECTURE_COLUMNS)]
+             f"of the EMA generator against {args.eval_images} held-out images (mean over "
+             "seeds). Diversity: the samples' mean pairwise distance over the held-out "
+             "images' (16² pixels; 1 = as spread out as the data, near 0 = mode collapse). "
+             "Steps/s and memory are each run's own, in its own process. " + timing,
+             "", sweep.markdown_table(table_rows, ARCHITECTURE_COLUMNS)]
     if args.curve:
         for row in rows:
             if row.labels["trunk"] == "dcgan" and row.labels["norm"] in ("bn", "self_mod"):
@@ -342,12 +376,26 @@ def sweep_ogan(args) -> str:
                                  "trainer.eval_every=0", f"trainer.num_steps={args.steps}"),
                       labels={"preset": "ogan"})
     rows = sweep.run_sweep([cell], root)
+    prefix = f"ogan_{args.resolution}px"
+    rows = _with_final_grids(rows, args.steps, args.images, prefix)
+    for kind in ("reconstruction", "interpolation"):
+        source = rows[0].workdirs[0] / "samples" / f"{kind}_step_{args.steps:07d}.png"
+        if source.exists():
+            shutil.copy(source, pathlib.Path(args.images) / f"{prefix}_{kind}.png")
     columns = (sweep.Column("preset"), sweep.Column("SWD avg", "final.swd_avg", ".2f"),
+               sweep.Column("diversity", "final.diversity", ".3f"),
                sweep.Column("reconstruction MSE", "final.reconstruction_mse", ".4f"),
-               sweep.Column("steps/s", "steps_per_sec", ".2f"))
+               sweep.Column("reconstruction SWD", "final.reconstruction_swd", ".2f"),
+               sweep.Column("steps/s", "steps_per_sec", ".2f"), sweep.Column("final grid"))
     return (f"# O-GAN, {args.resolution}²\n\nCommand: `python -m experiments.gan.sweep "
-            f"{' '.join(sys.argv[1:])}`\n\nReconstruction grids and interpolation strips: "
-            f"{rows[0].workdirs[0] / 'samples'}.\n\n{sweep.markdown_table(rows, columns)}\n")
+            f"{' '.join(sys.argv[1:])}`\n\nSamples: SWD ×10³ of the EMA generator against "
+            f"{args.eval_images} held-out images, and diversity as in architectures.md. "
+            "Reconstructions x̂ = G(standardise(E(x))) of 256 held-out images: MSE per pixel "
+            "in [−1, 1] and the SWD ×10³ between the images and their reconstructions. "
+            f"Reconstruction pairs (real, reconstructed): ![]({prefix}_reconstruction.png); "
+            f"latent interpolation between two held-out faces: "
+            f"![]({prefix}_interpolation.png). " + _timing(rows) + "\n\n"
+            f"{sweep.markdown_table(rows, columns)}\n")
 
 
 def sweep_conditional(args) -> str:
@@ -370,13 +418,27 @@ def sweep_conditional(args) -> str:
                               f"data.num_eval_images={args.eval_images}"),
                    labels={"task": f"CelebA vs anime ({args.resolution}²)"})]
     rows = sweep.run_sweep(cells, root)
+    rows = _with_final_grids(rows, args.steps, args.images, "conditional")
     columns = (sweep.Column("task"), sweep.Column("SWD avg", "final.swd_avg", ".2f"),
                sweep.Column("per-class SWD (mean)", "final.swd_class_mean", ".2f"),
                sweep.Column("CelebA", "final.swd_class_celeba_align_10k", ".2f"),
-               sweep.Column("anime", "final.swd_class_anime_faces_96px_5k", ".2f"))
+               sweep.Column("anime", "final.swd_class_anime_faces_96px_5k", ".2f"),
+               sweep.Column("nearest real image has the class", "final.class_agreement",
+                            ".3f"),
+               sweep.Column("chance", "final.class_agreement_chance", ".3f"),
+               sweep.Column("real images (leave-one-out)", "final.class_agreement_real",
+                            ".3f"),
+               sweep.Column("final grid"))
     return (f"# Conditional BN\n\nCommand: `python -m experiments.gan.sweep "
-            f"{' '.join(sys.argv[1:])}`\n\nPer-class sample grids: each run's "
-            f"samples/step_*_class_*.png.\n\n{sweep.markdown_table(rows, columns)}\n")
+            f"{' '.join(sys.argv[1:])}`\n\nSWD ×10³ of the EMA generator against the "
+            "held-out images, which the samples take the labels of; per-class SWD: each "
+            "class's held-out images against as many samples of that class. Class check "
+            "without a classifier: the share of samples whose nearest held-out image (RMS "
+            "distance at 16² pixels) has the class they were generated for, against what "
+            "the labels alone give (chance) and what held-out images score among themselves "
+            "(leave-one-out, the ceiling). Final grids: rows cycle through the classes; "
+            "per-class grids are each run's samples/step_*_class_*.png. " + _timing(rows)
+            + f"\n\n{sweep.markdown_table(rows, columns)}\n")
 
 
 def _cell(text: str) -> tuple[str, str]:

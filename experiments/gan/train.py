@@ -382,10 +382,17 @@ class ImageEvaluator:
     and returns the multi-scale sliced Wasserstein distance (×10³, PGGAN) between the
     held-out real images and as many EMA samples (`metrics.sliced_wasserstein_distance`).
 
+    "diversity" is `metrics.diversity_ratio` of the held-out images and the samples (1: as
+    spread out as the data; near 0: mode collapse).
+
     Class-conditional (`held_out_labels` given): the samples take the held-out labels, and
     per class c a grid samples/step_XXXXXXX_class_NAME.png and "swd_class_NAME" (the SWD
     between that class's held-out images and as many samples of it; only with at most
-    `MAX_CLASSES_LISTED` classes) and their mean "swd_class_mean" are added.
+    `MAX_CLASSES_LISTED` classes) and their mean "swd_class_mean" are added, with the
+    classifier-free check `metrics.nearest_label_agreement`: "class_agreement" (share of
+    samples whose nearest held-out image has their class), "class_agreement_chance" (what
+    labels alone give) and "class_agreement_real" (held-out images leave-one-out: the
+    ceiling).
     `extra` evaluators (e.g. O-GAN's reconstructions) add their metrics.
     """
 
@@ -418,6 +425,13 @@ class ImageEvaluator:
         metrics = {"swd_class_mean": float(np.mean(list(per_class.values())))}
         if len(self.class_names) <= self.MAX_CLASSES_LISTED:
             metrics.update({f"swd_class_{name}": value for name, value in per_class.items()})
+        agreement = gan_metrics.nearest_label_agreement(fakes, self.labels, self.held_out,
+                                                        self.labels)
+        real = gan_metrics.nearest_label_agreement(self.held_out, self.labels, self.held_out,
+                                                   self.labels)
+        metrics.update(class_agreement=agreement["agreement"],
+                       class_agreement_chance=agreement["chance"],
+                       class_agreement_real=real["agreement"])
         return metrics
 
     def __call__(self, state) -> dict[str, float]:
@@ -438,7 +452,8 @@ class ImageEvaluator:
             raise trainer.NonFiniteError(
                 f"the generator produced non-finite images at step {step}")
         swd = gan_metrics.sliced_wasserstein_distance(self.held_out, fakes, key=0)
-        metrics = {"swd_avg": swd.pop("swd_avg"), **swd}
+        metrics = {"swd_avg": swd.pop("swd_avg"), **swd,
+                   "diversity": gan_metrics.diversity_ratio(self.held_out, fakes)}
         if self.labels is not None:
             metrics.update(self._class_metrics(step, params, collections, fakes))
         for evaluate in self.extra:

@@ -240,6 +240,7 @@ def test_selfmod_preset_smoke_run(tmp_path):
                                                    f"--config.data.path={folder}",
                                                    "--config.model.self_mod_hidden=8", *TINY])
     assert np.isfinite(result["swd_avg"]) and result["step"] == 2
+    assert 0.0 < result["diversity"] < 2.0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert "self_mod" in summary["method"] and summary["num_params"] > 0
     assert (tmp_path / "run" / "samples" / "step_0000002.png").exists()
@@ -251,7 +252,7 @@ def test_ogan_run_writes_reconstructions_and_an_interpolation_strip(tmp_path):
     result = launch.run_experiment("gan:ogan", ["--workdir", str(tmp_path / "run"),
                                                 f"--config.data.path={folder}",
                                                 "--config.model.self_mod_hidden=8", *TINY])
-    assert result["reconstruction_mse"] > 0
+    assert result["reconstruction_mse"] > 0 and result["reconstruction_swd"] > 0
     samples = tmp_path / "run" / "samples"
     assert (samples / "reconstruction_step_0000002.png").exists()
     strip = PIL.Image.open(samples / "interpolation_step_0000002.png")
@@ -265,4 +266,7 @@ def test_conditional_run_writes_a_grid_and_an_swd_per_class(tmp_path):
         "--workdir", str(tmp_path / "run"), "--config.data.kind=images",
         f"--config.data.path={root}", "--config.data.labels=subfolders", *TINY])
     assert set(result) >= {"swd_class_dark", "swd_class_light", "swd_class_mean"}
+    # Dark and light faces are told apart by their nearest held-out image.
+    assert result["class_agreement_real"] == 1.0
+    assert 0.0 <= result["class_agreement"] <= 1.0 and 0.0 < result["class_agreement_chance"] < 1
     assert (tmp_path / "run" / "samples" / "step_0000002_class_light.png").exists()

@@ -271,6 +271,63 @@ def test_swd_descriptors_are_patches_of_the_pyramid():
             assert found.any()
 
 
+# ---------------------------------------------------------------------------------------
+# Diversity and nearest-label agreement
+
+
+def _constant_images(values, size=32):
+    return np.stack([np.full((size, size, 3), v, np.float32) for v in values])
+
+
+def test_pooled_pixels_are_block_means():
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    pooled = metrics.pooled_pixels(images, 16).reshape(2, 16, 16, 3)
+    by_loop = np.array([[[images[n, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean(axis=(0, 1))
+                          for j in range(16)] for i in range(16)] for n in range(2)])
+    np.testing.assert_allclose(pooled, by_loop, atol=1e-6)
+    with pytest.raises(ValueError, match="must divide"):
+        metrics.pooled_pixels(np.zeros((1, 24, 24, 3), np.float32), 16)
+
+
+def test_mean_pairwise_distance_of_constant_images_is_hand_computed():
+    # Pairs (0, 0.5), (0, 1), (0.5, 1): RMS distances 0.5, 1, 0.5.
+    assert metrics.mean_pairwise_distance(_constant_images([0.0, 0.5, 1.0])) == (
+        pytest.approx(2 / 3))
+    with pytest.raises(ValueError, match="at least 2"):
+        metrics.mean_pairwise_distance(_constant_images([0.0]))
+
+
+def test_diversity_ratio_is_one_for_the_data_and_zero_for_a_collapsed_set():
+    rng = np.random.default_rng(0)
+    real = rng.uniform(-1, 1, (40, 32, 32, 3)).astype(np.float32)
+    assert metrics.diversity_ratio(real, real) == pytest.approx(1.0)
+    collapsed = np.repeat(real[:1], 40, axis=0)
+    assert metrics.diversity_ratio(real, collapsed) == pytest.approx(0.0, abs=1e-6)
+    # Two modes only: about half the pairs are at distance 0.
+    two_modes = np.concatenate([np.repeat(real[:1], 20, 0), np.repeat(real[1:2], 20, 0)])
+    assert 0.3 < metrics.diversity_ratio(real, two_modes) < 0.7
+
+
+def test_nearest_label_agreement_by_hand():
+    references = _constant_images([-1.0, -0.9, 0.9, 1.0])
+    reference_labels = np.array([0, 0, 1, 1])
+    queries = _constant_images([-0.95, 0.95, 0.8])
+    # Nearest labels 0, 1, 1 against the queries' 0, 0, 1: two of three agree.
+    result = metrics.nearest_label_agreement(queries, np.array([0, 0, 1]), references,
+                                             reference_labels)
+    assert result == {"agreement": pytest.approx(2 / 3), "chance": pytest.approx(0.5)}
+    # Leave-one-out on the references themselves: each one's neighbour is its own class.
+    own = metrics.nearest_label_agreement(references, reference_labels, references,
+                                          reference_labels)
+    assert own["agreement"] == 1.0
+    # Without leave-one-out (a copy, not the same object) every image finds itself.
+    assert metrics.nearest_label_agreement(references.copy(), np.array([1, 1, 0, 0]),
+                                           references, reference_labels)["agreement"] == 0.0
+    with pytest.raises(ValueError, match="one label"):
+        metrics.nearest_label_agreement(queries, np.array([0, 1]), references,
+                                        reference_labels)
+
+
 @pytest.mark.parametrize("images, match", [
     (np.zeros((2, 48, 48, 3), np.float32), "power of two"),
     (np.zeros((2, 8, 8, 3), np.float32), "power of two"),
