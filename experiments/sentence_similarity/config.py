@@ -9,7 +9,7 @@
 
 Expected on the shared groups.tsv with the seed's budget (AM-Softmax): see the README table.
 For real data use the `recipe` preset (docs/sentence_similarity.md §9): held-out top-1
-0.573 against 0.524 (seed, masked, 10 epochs) and character TF-IDF's 0.535 on the shared
+0.584 against 0.524 (seed, masked, 10 epochs) and character TF-IDF's 0.535 on the shared
 split, in 8 epochs:
 
     python launch.py sentence_similarity:recipe --workdir runs/recipe \\
