@@ -276,6 +276,7 @@ ARCHITECTURE_CELLS = (("dcgan", "bn"), ("dcgan", "self_mod"), ("dcgan", "none"),
                       ("resnet", "bn"), ("resnet", "self_mod"), ("resnet", "none"),
                       ("stylegan_lite", "adain"))
 DEFAULT_FACES = "../shared/data/gan_faces"
+CONDITIONAL_TASKS = ("olivetti", "celeba_vs_anime")
 ARCHITECTURE_COLUMNS = (
     sweep.Column("trunk"), sweep.Column("norm"),
     sweep.Column("SWD avg", "final.swd_avg", ".2f"),
@@ -417,7 +418,7 @@ def sweep_conditional(args) -> str:
                               f"data.resolution={args.resolution}",
                               f"data.num_eval_images={args.eval_images}"),
                    labels={"task": f"CelebA vs anime ({args.resolution}²)"})]
-    rows = sweep.run_sweep(cells, root)
+    rows = sweep.run_sweep([cell for cell in cells if cell.name in args.tasks], root)
     rows = _with_final_grids(rows, args.steps, args.images, "conditional")
     columns = (sweep.Column("task"), sweep.Column("SWD avg", "final.swd_avg", ".2f"),
                sweep.Column("per-class SWD (mean)", "final.swd_class_mean", ".2f"),
@@ -498,6 +499,8 @@ def parse_args(argv):
     conditional.add_argument("--faces", default=DEFAULT_FACES,
                              help="the folder holding olivetti/ and the two face folders")
     conditional.add_argument("--out", default="results/gan/conditional.md")
+    conditional.add_argument("--tasks", nargs="+", choices=CONDITIONAL_TASKS,
+                             default=list(CONDITIONAL_TASKS), help="which labelled sets")
     for sub in (architectures, ogan_parser, conditional):
         sub.add_argument("--steps", type=int, default=2000)
         sub.add_argument("--data", default=DEFAULT_CELEBA)

@@ -456,3 +456,20 @@ def test_reference_rows_score_real_samples_at_the_gaussian_3_sigma_mass():
     for score in real:
         assert score["modes_covered"] == 8
         assert abs(score["high_quality"] - (1 - np.exp(-4.5))) < 0.01
+
+
+def test_final_grids_are_copied_beside_the_table_and_linked_by_name(tmp_path):
+    from experiments import sweep as sweep_lib
+    from experiments.gan import sweep
+
+    finished, unfinished = tmp_path / "runs" / "dcgan__bn-seed0", tmp_path / "runs" / "x-seed0"
+    (finished / "samples").mkdir(parents=True)
+    (finished / "samples" / "step_0000300.png").write_bytes(b"png bytes")
+    rows = [sweep_lib.Row(labels={"trunk": "dcgan"}, summaries=[{}], workdirs=[finished]),
+            sweep_lib.Row(labels={"trunk": "x"}, summaries=[{}], workdirs=[unfinished])]
+    linked = sweep._with_final_grids(rows, 300, str(tmp_path / "results"), "arch")
+    assert linked[0].labels == {"trunk": "dcgan",
+                                "final grid": "![dcgan__bn-seed0](arch_dcgan__bn-seed0.png)"}
+    assert (tmp_path / "results" / "arch_dcgan__bn-seed0.png").read_bytes() == b"png bytes"
+    assert linked[1].labels["final grid"] == ""      # no grid: an empty cell, not an error
+    assert rows[0].labels == {"trunk": "dcgan"}       # the input rows are left alone
