@@ -299,16 +299,16 @@ def _image_budget(args, root: pathlib.Path, data: str) -> list[str]:
             f"trainer.log_every={max(1, args.steps // 20)}"]
 
 
-def _with_final_grids(rows, steps: int, images: str, prefix: str, grid: str = "") -> list:
-    """`rows` with a "final grid" label: each row's first-seed grid at `steps` (named
-    samples/step_XXXXXXX{grid}.png) copied to IMAGES/PREFIX_NAME.png and linked by its file
-    name (the table is written beside the images)."""
+def _with_final_grids(rows, steps: int, images: str, prefix: str) -> list:
+    """`rows` with a "final grid" label: each row's `final_sample_plot` copied to
+    IMAGES/PREFIX_NAME.png and linked by its file name (the table is written beside the
+    images)."""
     out = pathlib.Path(images)
     out.mkdir(parents=True, exist_ok=True)
     linked = []
     for row in rows:
-        source = row.workdirs[0] / "samples" / f"step_{steps:07d}{grid}.png"
-        name = f"{prefix}_{row.workdirs[0].name}{grid}.png"
+        source = final_sample_plot(row, steps)
+        name = f"{prefix}_{row.workdirs[0].name}.png"
         label = ""
         if source.exists():
             shutil.copy(source, out / name)

@@ -408,6 +408,12 @@ class ImageEvaluator:
                                 nets.z_dim)
         self.grid_latents, self.eval_latents = np.split(latents, [self.grid_side ** 2])
         self.latest: tuple[int, dict[str, float]] | None = None
+        self.real_agreement = None  # the held-out images' own score: the same every step
+        if held_out_labels is not None:
+            from experiments.gan import metrics as gan_metrics
+
+            self.real_agreement = gan_metrics.nearest_label_agreement(
+                held_out, held_out_labels, held_out, held_out_labels)["agreement"]
 
     def _class_metrics(self, step, params, collections, fakes) -> dict[str, float]:
         from experiments.gan import metrics as gan_metrics
@@ -427,11 +433,9 @@ class ImageEvaluator:
             metrics.update({f"swd_class_{name}": value for name, value in per_class.items()})
         agreement = gan_metrics.nearest_label_agreement(fakes, self.labels, self.held_out,
                                                         self.labels)
-        real = gan_metrics.nearest_label_agreement(self.held_out, self.labels, self.held_out,
-                                                   self.labels)
         metrics.update(class_agreement=agreement["agreement"],
                        class_agreement_chance=agreement["chance"],
-                       class_agreement_real=real["agreement"])
+                       class_agreement_real=self.real_agreement)
         return metrics
 
     def __call__(self, state) -> dict[str, float]:

@@ -123,6 +123,8 @@ class Variant:
 # a one-change row runs 6 or 12 epochs and is read against the base's curve at that epoch.
 MASKED = ("model.final_state=masked",)
 BIMAX = ("model.bidirectional=true", "model.pooling=max")
+# The rows built on ARCFACE_RECIPE train ArcFace: the recipe preset and one change each.
+ARCFACE_RECIPE = (*MASKED, *BIMAX, "loss.scale=20", "loss.kind=arcface")
 ROWS = (
     Variant("am-masked-e30", "none (AM, masked, the seed's 30 epochs)", (*MASKED, "epochs=30")),
     Variant("bimax-e6", "bidirectional GRU + max pooling (z = 2 × 128)",
@@ -136,19 +138,15 @@ ROWS = (
     Variant("bimax-s20-e8", "bidirectional GRU + max pooling, s 30 → 20",
             (*MASKED, *BIMAX, "loss.scale=20", "epochs=8")),
     Variant("bimax-s20-arcface-e8", "the recipe's model and s 20 with ArcFace (m 0.35 rad)",
-            (*MASKED, *BIMAX, "loss.scale=20", "loss.kind=arcface", "epochs=8")),
+            (*ARCFACE_RECIPE, "epochs=8")),
     Variant("bimax-s20-arcface-m050-e8", "the recipe with ArcFace's m 0.35 → 0.5 rad",
-            (*MASKED, *BIMAX, "loss.scale=20", "loss.kind=arcface", "loss.margin=0.5",
-             "epochs=8")),
+            (*ARCFACE_RECIPE, "loss.margin=0.5", "epochs=8")),
     Variant("bimax-s20-arcface-m025-e8", "the recipe with ArcFace's m 0.35 → 0.25 rad",
-            (*MASKED, *BIMAX, "loss.scale=20", "loss.kind=arcface", "loss.margin=0.25",
-             "epochs=8")),
+            (*ARCFACE_RECIPE, "loss.margin=0.25", "epochs=8")),
     Variant("bimax-s20-arcface-seed1-e8", "the recipe, initialisation and order seed 0 → 1",
-            (*MASKED, *BIMAX, "loss.scale=20", "loss.kind=arcface", "trainer.seed=1",
-             "epochs=8")),
+            (*ARCFACE_RECIPE, "trainer.seed=1", "epochs=8")),
     Variant("bimax-s20-arcface-drop-e8", "the recipe with dropout 0.2 on the embeddings",
-            (*MASKED, *BIMAX, "loss.scale=20", "loss.kind=arcface", "model.dropout=0.2",
-             "epochs=8")),
+            (*ARCFACE_RECIPE, "model.dropout=0.2", "epochs=8")),
     Variant("bimax-s20-ema-e8", "the recipe (bimax, s 20) + EMA of the weights, decay 0.999",
             (*MASKED, *BIMAX, "loss.scale=20", "trainer.ema_decay=0.999", "epochs=8")),
     Variant("bimax-s20-h256-e8", "the recipe (bimax, s 20) with GRU width 128 → 256",
