@@ -171,19 +171,26 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def config_differences(wanted: Mapping[str, Any], saved: Mapping[str, Any]) -> dict[str, tuple]:
+def config_differences(wanted: Mapping[str, Any], saved: Mapping[str, Any],
+                       defaults: Mapping[str, Any] | None = None) -> dict[str, tuple]:
     """{dotted key: (saved value, wanted value)} where two nested configs disagree.
 
     A wanted value of "auto" is resolved by the process that runs, so any saved value
-    matches it; a key only one side has counts as a difference (value None on the other).
+    matches it. A key only one side has counts as a difference (value None on the other),
+    except a key newer than the saved run: where `defaults` (the experiment's config before
+    overrides) holds it, the saved run used that default, as `configs.merge_trained` reads it.
     """
     wanted, saved = flatten(wanted), flatten(saved)
+    saved = {**{key: value for key, value in flatten(defaults or {}).items()
+                if key in wanted}, **saved}
     return {key: (saved.get(key), wanted.get(key)) for key in sorted(set(wanted) | set(saved))
             if wanted.get(key) != RESOLVED_AT_RUN_TIME and wanted.get(key) != saved.get(key)}
 
 
-def run_state(workdir: pathlib.Path, wanted: Mapping[str, Any]) -> str:
-    """What `run_sweep` does with `workdir` for the config `wanted` (the resolved JSON).
+def run_state(workdir: pathlib.Path, wanted: Mapping[str, Any],
+              defaults: Mapping[str, Any] | None = None) -> str:
+    """What `run_sweep` does with `workdir` for the config `wanted` (the resolved JSON);
+    `defaults`: as `config_differences` reads them.
 
     Returns:
       "finished": config.json equals `wanted` and summary.json is at its last step
@@ -204,7 +211,7 @@ def run_state(workdir: pathlib.Path, wanted: Mapping[str, Any]) -> str:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise SweepError(f"{config_path}: not a readable config ({error}); remove {workdir} "
                          "or choose another root") from None
-    differences = config_differences(wanted, saved)
+    differences = config_differences(wanted, saved, defaults)
     if not differences:
         summary = trainer.read_summary(workdir)
         num_steps = flatten(wanted).get("trainer.num_steps", 0)
@@ -316,10 +323,16 @@ def run_sweep(cells: Iterable[Cell], root_dir, *, reuse: bool = True,
     return rows
 
 
+def _wanted_and_defaults(spec: str, overrides: Sequence[str]) -> tuple[dict, dict]:
+    """The resolved config of a run and of its experiment without overrides, as JSON."""
+    return tuple(json.loads(configs.to_json(resolve_config(spec, o)))
+                 for o in (overrides, ()))
+
+
 def _run_one(spec: str, overrides: Sequence[str], workdir: pathlib.Path, reuse: bool,
              runner: Runner) -> dict[str, Any]:
-    wanted = json.loads(configs.to_json(resolve_config(spec, overrides)))
-    state = run_state(workdir, wanted)
+    wanted, defaults = _wanted_and_defaults(spec, overrides)
+    state = run_state(workdir, wanted, defaults)
     if state == "finished" and reuse:
         summary = trainer.read_summary(workdir)
         print(f"[sweep] {workdir.name}: finished at step {summary.get('step')}, reusing "
@@ -333,7 +346,7 @@ def _run_one(spec: str, overrides: Sequence[str], workdir: pathlib.Path, reuse: 
             "finished": "rerunning"}[state]
     print(f"[sweep] {workdir.name}: {verb} {spec} in {workdir}", flush=True)
     runner(spec, ["--workdir", str(workdir), *(f"--config.{o}" for o in overrides)])
-    if run_state(workdir, wanted) != "finished":
+    if run_state(workdir, wanted, defaults) != "finished":
         raise SweepError(f"{workdir}: the run ended before its last step (no summary.json at "
                          "the config's num_steps); rerun the sweep to resume it")
     if state != "finished":
@@ -353,9 +366,9 @@ def collect(cells: Iterable[Cell], root_dir) -> list[Row]:
     for cell in cells:
         summaries = []
         for name, overrides in cell.runs():
-            wanted = json.loads(configs.to_json(resolve_config(cell.spec, overrides)))
+            wanted, defaults = _wanted_and_defaults(cell.spec, overrides)
             try:
-                finished = run_state(root / name, wanted) == "finished"
+                finished = run_state(root / name, wanted, defaults) == "finished"
             except SweepError:
                 finished = False
             if not finished:

@@ -175,6 +175,15 @@ def test_config_differences_treat_auto_as_resolved_by_the_run():
         "t.n": (3, 2), "t.old": (1, None)}
 
 
+def test_config_differences_read_a_field_newer_than_the_run_as_its_default():
+    wanted = {"t": {"n": 2, "new": 0.0}}
+    assert sweep.config_differences(wanted, {"t": {"n": 2}}, {"t": {"n": 1, "new": 0.0}}) == {}
+    # Set away from its default, the new field is a difference.
+    assert sweep.config_differences({"t": {"n": 2, "new": 0.5}}, {"t": {"n": 2}},
+                                    {"t": {"n": 1, "new": 0.0}}) == {"t.new": (0.0, 0.5)}
+    assert sweep.config_differences(wanted, {"t": {"n": 2}}) == {"t.new": (None, 0.0)}
+
+
 def test_collect_lists_only_cells_whose_every_run_finished(tmp_path):
     overrides = ("trainer.num_steps=20",)
     _write_run(tmp_path / "a-seed0", EXPERIMENT, [*overrides, "trainer.seed=0"], {"step": 20})
