@@ -5,11 +5,17 @@ glibc serves requests above its mmap threshold (128 KiB, adapting up to 32 MiB) 
 mmap()s and returns them on free, so every call of a jitted function pays a page fault per
 4 KiB of its buffers, each zero-filled by the kernel: on this project's 2-core VMs that was
 15,000 faults and half of the 80 ms of a sparse-attention forward at n = 8192, and a third
-of a sentence-similarity training step (measured). Raising the mmap and trim thresholds
-keeps freed blocks in the heap for the next call: the same forward then ran in 40 ms with
+of a sentence-similarity training step (measured). Turning mmap off for malloc and trimming
+off keeps freed blocks in the heap for the next call: the same forward then ran in 40 ms with
 no faults. One arena for all threads: XLA allocates from its worker threads, and glibc's
 per-thread arenas are heaps of at most 64 MiB, so a larger buffer there is always a fresh
-mmap whatever the threshold (a 64 MiB transpose at n = 32768 ran 4× slower for it).
+mmap (a 64 MiB transpose at n = 32768 ran 4× slower for it).
+
+Why "off" rather than a large threshold: mallopt() takes an int, so a threshold stops at
+2 GiB, and a 12-layer BERT's forward+backward at batch 32 has a 4.9 GiB temporary block,
+which was then mapped afresh on every call (1.3 million faults a call; the benchmark's op
+times left 2.2 s of its 20.2 s unaccounted for). With mmap off, glibc's main arena grows with brk and, should brk fail, still
+falls back to mmap, so nothing is refused.
 
 `launch.py` calls `keep_freed_memory` first thing, for experiments and benchmarks alike
 (PyTorch rows in a benchmark share the setting: one process), and so do the comparison
@@ -24,13 +30,13 @@ import os
 
 # glibc's mallopt() parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
-THRESHOLD_BYTES = 1 << 30  # above any one buffer of a CPU run here (XLA's temp block included)
+_NEVER = -1  # as M_TRIM_THRESHOLD: no trimming (mallopt(3))
 
 
 def keep_freed_memory() -> str:
-    """Raises glibc's mmap and trim thresholds to `THRESHOLD_BYTES`, with one arena.
+    """Stops glibc from serving allocations with mmap or trimming its heap, with one arena.
 
     Returns:
       What was done, for logs: "on", "off (KEXUE_JAX_KEEP_FREED_MEMORY=0)", or "not
@@ -44,10 +50,10 @@ def keep_freed_memory() -> str:
         mallopt = libc.mallopt
     except (OSError, AttributeError, TypeError):
         return f"not available (no mallopt in C library {name!r})"
-    applied = (mallopt(_M_MMAP_THRESHOLD, THRESHOLD_BYTES) == 1
-               and mallopt(_M_TRIM_THRESHOLD, THRESHOLD_BYTES) == 1
+    applied = (mallopt(_M_MMAP_MAX, 0) == 1
+               and mallopt(_M_TRIM_THRESHOLD, _NEVER) == 1
                and mallopt(_M_ARENA_MAX, 1) == 1)
-    return "on" if applied else "not available (mallopt refused the thresholds)"
+    return "on" if applied else "not available (mallopt refused the settings)"
 
 
 def keep_freed_memory_and_say() -> None:
