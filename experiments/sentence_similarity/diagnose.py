@@ -123,7 +123,9 @@ class Variant:
 # a one-change row runs 6 or 12 epochs and is read against the base's curve at that epoch.
 MASKED = ("model.final_state=masked",)
 BIMAX = ("model.bidirectional=true", "model.pooling=max")
-# The rows built on ARCFACE_RECIPE train ArcFace: the recipe preset and one change each.
+# The rows built on ARCFACE_RECIPE train ArcFace: bimax-s20-arcface-e8 (8 epochs at a
+# constant rate, the recipe their descriptions name; the preset until the cosine decay of
+# bimax-s20-arcface-cos-e12 replaced it) and one change each.
 ARCFACE_RECIPE = (*MASKED, *BIMAX, "loss.scale=20", "loss.kind=arcface")
 ROWS = (
     Variant("am-masked-e30", "none (AM, masked, the seed's 30 epochs)", (*MASKED, "epochs=30")),
@@ -147,6 +149,23 @@ ROWS = (
             (*ARCFACE_RECIPE, "trainer.seed=1", "epochs=8")),
     Variant("bimax-s20-arcface-drop-e8", "the recipe with dropout 0.2 on the embeddings",
             (*ARCFACE_RECIPE, "model.dropout=0.2", "epochs=8")),
+    Variant("bimax-s20-arcface-cos-e8", "the recipe with the rate's cosine decay to 0 over "
+            "the 8 epochs", (*ARCFACE_RECIPE, "optimizer.decay=cosine", "epochs=8")),
+    Variant("bimax-s20-arcface-cos-e12", "the recipe with the rate's cosine decay to 0 over "
+            "12 epochs", (*ARCFACE_RECIPE, "optimizer.decay=cosine", "epochs=12")),
+    # The other losses under the recipe (bimax, s 20, cosine decay, 12 epochs).
+    *(Variant(f"bimax-s20-{kind.replace('_', '')}-cos-e12",
+              f"the recipe with loss.kind={kind}",
+              (*MASKED, *BIMAX, "loss.scale=20", f"loss.kind={kind}",
+               "optimizer.decay=cosine", "epochs=12"))
+      for kind in ("am", "simpler_a", "softmax")),
+    Variant("bimax-s20-arcface-w2v-e8", "the recipe with the embedding started from "
+            "character skip-gram vectors of news text (file scale)",
+            (*ARCFACE_RECIPE, "model.embedding_init={char_vectors}", "epochs=8")),
+    Variant("bimax-s20-arcface-w2v-std-e8", "the recipe with the embedding started from "
+            "those vectors rescaled to U(−0.05, 0.05)'s std",
+            (*ARCFACE_RECIPE, "model.embedding_init={char_vectors}",
+             f"model.embedding_init_std={0.05 / 3 ** 0.5:.4f}", "epochs=8")),
     Variant("bimax-s20-ema-e8", "the recipe (bimax, s 20) + EMA of the weights, decay 0.999",
             (*MASKED, *BIMAX, "loss.scale=20", "trainer.ema_decay=0.999", "epochs=8")),
     Variant("bimax-s20-h256-e8", "the recipe (bimax, s 20) with GRU width 128 → 256",
@@ -168,19 +187,41 @@ ROWS = (
 )
 
 # The row whose settings are the `sentence_similarity:recipe` preset (config.py).
-RECIPE_ROW = "bimax-s20-arcface-e8"
+RECIPE_ROW = "bimax-s20-arcface-cos-e12"
 
 # Epochs at which the best-so-far validation top-1 is shown.
 CURVE_EPOCHS = (6, 10, 15, 20, 30)
 
 
-def cells(data: str, rows: Sequence[Variant] = ROWS) -> list[sweep.Cell]:
-    """One sweep cell per row, workdir ROOT/NAME."""
+# Character vectors for the embedding_init rows: trained once per sweep root on text that is
+# not the paraphrase corpus (news headlines and abstracts), as `char_vectors` would.
+CHAR_VECTORS_FILE = "char_vectors.txt"
+HEADLINES = pathlib.Path("../shared/data/headline_generation")
+CHAR_VECTOR_TEXTS = (HEADLINES / "LCSTS_PART_II_via_CLGE/train.tsv",
+                     HEADLINES / "CSL_via_CLGE/val.tsv", HEADLINES / "CSL_via_CLGE/test.tsv")
+
+
+def cells(data: str, root, rows: Sequence[Variant] = ROWS) -> list[sweep.Cell]:
+    """One sweep cell per row, workdir ROOT/NAME; "{char_vectors}" in a row's overrides is
+    ROOT/char_vectors.txt."""
+    vectors = pathlib.Path(root).resolve() / CHAR_VECTORS_FILE
     return [sweep.Cell(name=row.name, spec=EXPERIMENT,
-                       overrides=(f"data.path={data}", *row.overrides,
+                       overrides=(f"data.path={data}",
+                                  *(o.format(char_vectors=vectors) for o in row.overrides),
                                   "trainer.progress_bar=false"),
                        labels={"row": row.name, "change": row.change})
             for row in rows]
+
+
+def ensure_char_vectors(root, texts: Sequence[pathlib.Path], dim: int) -> pathlib.Path:
+    """ROOT/char_vectors.txt, trained from `texts` (`char_vectors`) if it is not there."""
+    from experiments.sentence_similarity import char_vectors
+
+    path = pathlib.Path(root).resolve() / CHAR_VECTORS_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        char_vectors.main(["--out", str(path), "--dim", str(dim), *map(str, texts)])
+    return path
 
 
 def eval_rows(metrics_path) -> list[dict]:
@@ -247,8 +288,11 @@ def sweep_main(args) -> None:
         raise sweep.SweepError(f"unknown rows {unknown}; valid: {', '.join(known)}")
     chosen = [known[name] for name in args.only] if args.only else list(ROWS)
     if not args.table_only:
-        sweep.run_sweep(cells(args.data, chosen), args.root)
-    table = sweep_table(cells(args.data), args.root)
+        if any("{char_vectors}" in o for row in chosen for o in row.overrides):
+            ensure_char_vectors(args.root, args.vector_texts,
+                                config_lib.get_config().model.embed_dim)
+        sweep.run_sweep(cells(args.data, args.root, chosen), args.root)
+    table = sweep_table(cells(args.data, args.root), args.root)
     if args.out:
         args.out.write_text(table + "\n")
     print(table)
@@ -268,6 +312,10 @@ def main(argv=None) -> None:
                        help=f"row names (default: all): {', '.join(r.name for r in ROWS)}")
     train.add_argument("--out", type=pathlib.Path, default=None, help="write the table here")
     train.add_argument("--table-only", action="store_true", help="train nothing, tabulate")
+    train.add_argument("--vector-texts", type=pathlib.Path, nargs="+",
+                       default=list(CHAR_VECTOR_TEXTS),
+                       help="text for ROOT/char_vectors.txt of the embedding_init rows "
+                            "(default: the shared news headlines and CSL abstracts)")
     train.set_defaults(run=sweep_main)
     args = parser.parse_args(argv)
     args.run(args)

@@ -35,17 +35,32 @@ def build_model(config, vocab_size: int, num_classes: int) -> SentenceClassifier
                               dtype=trainer.compute_dtype(config.trainer))
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
+DECAYS = ("constant", "cosine")
+
+
+def learning_rate(config, num_steps: int) -> float | optax.Schedule:
+    """The seed's constant rate, or its cosine decay to `final_fraction` of it over
+    `num_steps` (config.optimizer.decay)."""
+    peak = config.optimizer.learning_rate
+    if config.optimizer.decay == "constant":
+        return peak
+    return optax.cosine_decay_schedule(peak, max(num_steps, 1),
+                                       alpha=config.optimizer.final_fraction)
+
+
+def make_optimizer(config, num_steps: int = 1) -> optax.GradientTransformation:
     """Keras Adam, then the unit-norm projection of the class centres.
 
-    docs/index.md §2 items 5 and 6; docs/sentence_similarity.md §2 item 4.
+    docs/index.md §2 items 5 and 6; docs/sentence_similarity.md §2 item 4. `num_steps` is
+    the length of the run a decaying rate spans; the optimizer state's structure does not
+    depend on it, so templates for loading may leave it out.
     """
     def is_class_kernel(params):
         return jax.tree_util.tree_map_with_path(
             lambda path, _: "classifier" in jax.tree_util.keystr(path), params)
 
     return optax.chain(
-        optax.adam(config.optimizer.learning_rate, eps=config.optimizer.eps),
+        optax.adam(learning_rate(config, num_steps), eps=config.optimizer.eps),
         optax.masked(margin_softmax.project_to_unit_norm(axis=0), is_class_kernel))
 
 
@@ -98,9 +113,17 @@ def make_train_step(model, optimizer, loss_config):
     return train_step
 
 
-def make_init_state(model, optimizer, maxlen: int):
+def make_init_state(model, optimizer, maxlen: int, embedding_rows=None):
+    """`key -> state`; `embedding_rows`: optional (ids [N], rows [N, D]) that replace those
+    rows of the random embedding (`char_vectors.embedding_rows`): the pad and unknown
+    rows and the characters the vectors lack keep their random values."""
     def init_state(key):
         params = model.init(key, jnp.zeros((1, maxlen), jnp.int32))["params"]
+        if embedding_rows is not None:
+            ids, rows = embedding_rows
+            table = params["encoder"]["embedding"]["embedding"].at[ids].set(rows)
+            params = {**params, "encoder": {**params["encoder"],
+                                            "embedding": {"embedding": table}}}
         return {"params": params, "opt_state": optimizer.init(params)}
     return init_state
 
@@ -181,7 +204,6 @@ def run_training(config, workdir: pathlib.Path) -> dict[str, float]:
         {"vocab_size": vocab.size, "num_classes": split.num_classes}) + "\n")
 
     model = build_model(config, vocab.size, split.num_classes)
-    optimizer = make_optimizer(config)
     maxlen = config.data.maxlen
     train_ids = vocab.encode(split.train.sentences, maxlen)
     valid_ids = vocab.encode(split.valid.sentences, maxlen)
@@ -197,7 +219,18 @@ def run_training(config, workdir: pathlib.Path) -> dict[str, float]:
 
     trainer_config = trainer.with_epoch_defaults(config.trainer, config.epochs,
                                                  batches.batches_per_epoch)
-    task = trainer.Task(init_state=make_init_state(model, optimizer, maxlen),
+    optimizer = make_optimizer(config, trainer_config.num_steps)
+    embedding_rows = None
+    if config.model.embedding_init:
+        # Imported on use: the package imports this module, and char_vectors is a command
+        # (python -m), which runpy warns about when its package imported it first.
+        from experiments.sentence_similarity import char_vectors
+
+        *embedding_rows, message = char_vectors.load_embedding_rows(
+            config.model.embedding_init, vocab, config.model.embed_dim,
+            config.model.embedding_init_std)
+        print(message, flush=True)
+    task = trainer.Task(init_state=make_init_state(model, optimizer, maxlen, embedding_rows),
                         train_step=make_train_step(model, optimizer, config.loss),
                         batches=batches, evaluate=evaluator,
                         fingerprint=run_fingerprint(config, vocab, train_ids,

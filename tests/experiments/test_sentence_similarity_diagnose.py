@@ -54,12 +54,15 @@ def test_table_row_reports_the_best_epoch_figures():
     assert row.count("|") == len(diagnose.TABLE_HEAD) + 1
 
 
-def test_rows_have_unique_names_and_become_cells():
-    cells = diagnose.cells("groups.tsv")
+def test_rows_have_unique_names_and_become_cells(tmp_path):
+    cells = diagnose.cells("groups.tsv", tmp_path)
     assert len({cell.name for cell in cells}) == len(cells) == len(diagnose.ROWS)
     for cell in cells:
         assert cell.overrides[0] == "data.path=groups.tsv"
         sweep.resolve_config(cell.spec, cell.overrides)  # every override is a valid key
+    # The embedding_init rows read the vectors the sweep trains under its root.
+    vectors = f"model.embedding_init={tmp_path.resolve() / diagnose.CHAR_VECTORS_FILE}"
+    assert vectors in {cell.name: cell for cell in cells}["bimax-s20-arcface-w2v-e8"].overrides
 
 
 def test_recipe_preset_is_the_measured_row():

@@ -72,7 +72,8 @@ def test_recipe_model_fields_train_and_are_read_back_by_eval(tmp_path, capsys):
     rebuilds it from config.json without repeating the flags."""
     workdir = _smoke(tmp_path, "--config.model.bidirectional=true",
                      "--config.model.pooling=max", "--config.model.dropout=0.2",
-                     "--config.model.final_state=masked", "--config.trainer.num_steps=10")
+                     "--config.model.final_state=masked", "--config.trainer.num_steps=10",
+                     "--config.optimizer.decay=cosine")
     saved = json.loads((workdir / "config.json").read_text())["model"]
     assert (saved["bidirectional"], saved["pooling"], saved["dropout"]) == (True, "max", 0.2)
     capsys.readouterr()
@@ -81,6 +82,20 @@ def test_recipe_model_fields_train_and_are_read_back_by_eval(tmp_path, capsys):
                         f"--config.data.eval_path={workdir / 'generated_groups.tsv'}"]) == 0
     assert set(json.loads(capsys.readouterr().out.strip().splitlines()[-1])) == {
         "top1", "top5", "top10", "map_at_r"}
+
+
+def test_cosine_decay_runs_from_the_peak_to_its_final_fraction():
+    config = sentence_similarity.get_config("smoke")
+    assert train.learning_rate(config, 100) == config.optimizer.learning_rate
+    with config.unlocked():
+        config.optimizer.decay = "cosine"
+        config.optimizer.final_fraction = 0.1
+    rate = train.learning_rate(config, 100)
+    peak = config.optimizer.learning_rate
+    for step in (0, 25, 50, 100, 150):
+        progress = min(step, 100) / 100
+        expected = peak * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * progress)))
+        assert float(rate(step)) == pytest.approx(expected, rel=1e-6), step
 
 
 def test_search_mode_answers_queries_with_cosines_and_a_verdict(tmp_path):
