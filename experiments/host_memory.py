@@ -15,7 +15,9 @@ Why "off" rather than a large threshold: mallopt() takes an int, so a threshold 
 2 GiB, and a 12-layer BERT's forward+backward at batch 32 has a 4.9 GiB temporary block,
 which was then mapped afresh on every call (1.3 million faults a call; the benchmark's op
 times left 2.2 s of its 20.2 s unaccounted for). With mmap off, glibc's main arena grows
-with brk and, should brk fail, still falls back to mmap, so nothing is refused.
+with brk and, should brk fail, still falls back to mmap, so nothing is refused. The heap
+takes a few calls to settle: a 3-layer step (1.3 GiB block) faults on its first two calls
+and not after.
 
 `launch.py` calls `keep_freed_memory` first thing, for experiments and benchmarks alike
 (PyTorch rows in a benchmark share the setting: one process), and so do the comparison
