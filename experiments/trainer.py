@@ -997,9 +997,12 @@ def _train_locked(task: Task, config, workdir: pathlib.Path) -> TrainResult:
                 evaluate_now = task.evaluate is not None and (
                     step == config.num_steps
                     or (config.eval_every and step % config.eval_every == 0))
+                # Read once: a signal arriving later in this step is handled after the next
+                # one, so "saved step N" is never said of a step that was not saved.
+                stop_signal = signals.received
                 checkpoint_now = (step % config.checkpoint_every == 0
                                   or step == config.num_steps or evaluate_now
-                                  or signals.received)
+                                  or bool(stop_signal))
                 if step % config.log_every == 0 or step == config.num_steps \
                         or evaluate_now or checkpoint_now:
                     check_pending()
@@ -1032,10 +1035,10 @@ def _train_locked(task: Task, config, workdir: pathlib.Path) -> TrainResult:
                 if checkpoint_now:
                     with timer.phase("checkpointing"):
                         save(step, new_best=eval_metrics is not None and best_step == step)
-                if signals.received:
+                if stop_signal:
                     with timer.phase("checkpointing"):
                         manager.wait_until_finished()
-                    bar.write(f"{signals.received}: saved step {step} and stopped")
+                    bar.write(f"{stop_signal}: saved step {step} and stopped")
                     raise Preempted(step)
     finally:
         if prefetcher is not None:
