@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import configs, data, evaluation, trainer
+from experiments import configs, data, evaluation, schedules, trainer
 from experiments.sentence_similarity import input_pipeline, retrieval, synthetic
 from kernels import margin_softmax
 from models.sentence_encoder import SentenceClassifier
@@ -44,8 +44,8 @@ def learning_rate(config, num_steps: int) -> float | optax.Schedule:
     peak = config.optimizer.learning_rate
     if config.optimizer.decay == "constant":
         return peak
-    return optax.cosine_decay_schedule(peak, max(num_steps, 1),
-                                       alpha=config.optimizer.final_fraction)
+    return schedules.warmup_cosine(peak, num_steps, warmup_steps=0,
+                                   end_fraction=config.optimizer.final_fraction)
 
 
 def make_optimizer(config, num_steps: int = 1) -> optax.GradientTransformation:
