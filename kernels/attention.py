@@ -46,8 +46,9 @@ whose chunks are recomputed in the backward pass (`jax.checkpoint`), so memory i
 
 On CPU (``implementation="auto"``, the default) the bands of Local, Sparse and Strided and
 the dense groups of Full and Atrous (a band as wide as the group) run instead in the C++
-kernel `kernels.cpu.band_attention` on the same sequence-first layout; the XLA code above
-is what GPUs and TPUs run, and the tests hold the two to each other and to the reference.
+kernel `kernels.cpu.band_attention` on the same sequence-first layout (Full on the
+caller's batch-first layout, which the kernel also reads); the XLA code above is what GPUs
+and TPUs run, and the tests hold the two to each other and to the reference.
 
 A query with no allowed key (padding, causal masks) gets a zero output and zero gradients.
 """
@@ -674,10 +675,38 @@ _IMPLEMENTATIONS = {Full: _full, Atrous: _atrous, Local: _local, Sparse: _sparse
                     Strided: _strided, Fixed: _fixed}
 
 
+def _batch_first_full(q, k, v, key_mask, causal: bool, implementation: str) -> Array:
+    """Full attention on the caller's [B, N, H, D] layout (q pre-scaled) -> [B, N, H, E].
+
+    The CPU kernel takes leading axes as more groups, so it reads the batch-first arrays as
+    they are; the sequence-first detour would cost two transposes each way, which XLA:CPU
+    fuses into the weight-gradient matmuls' operand copies (in BERT's backward pass they
+    took more time than the attention kernel). The XLA path swaps to its own layout.
+    """
+    length = q.shape[1]
+    lo, hi = 1 - length, 0 if causal else length - 1
+    key_valid = key_mask[:, :, None, None]  # [B, N, 1, 1]
+
+    def kernel(q, k, v, key_valid):
+        band = functools.partial(_kernel_band_attention, lo=lo, hi=hi,
+                                 implementation="cpu_kernel")
+        return jax.vmap(band)(q, k, v, key_valid)[0]
+
+    def blocked(q, k, v, key_valid):
+        q, k, v, key_valid = (jnp.swapaxes(x, 0, 1) for x in (q, k, v, key_valid))
+        return jnp.swapaxes(_full(q, k, v, key_valid, Full(), causal, "xla"), 0, 1)
+
+    return _dispatch(implementation, kernel, blocked, q, k, v, key_valid)
+
+
 @functools.partial(jax.jit, static_argnames=("pattern", "causal", "implementation"))
 def _attention(q, k, v, key_mask, pattern, causal, implementation):
     scale = 1.0 / math.sqrt(q.shape[-1])
-    q, k, v = (jnp.swapaxes(x, 0, 1) for x in (q * jnp.asarray(scale, q.dtype), k, v))
+    q = q * jnp.asarray(scale, q.dtype)
+    if isinstance(pattern, Full) and implementation in ("auto", "cpu_kernel"):
+        return _batch_first_full(q, k, v, key_mask, _is_causal(pattern, causal),
+                                 implementation).astype(v.dtype)
+    q, k, v = (jnp.swapaxes(x, 0, 1) for x in (q, k, v))
     key_valid = jnp.swapaxes(key_mask, 0, 1)[:, :, None, None]  # [N, B, 1, 1]
     out = _IMPLEMENTATIONS[type(pattern)](q, k, v, key_valid, pattern,
                                           _is_causal(pattern, causal), implementation)
