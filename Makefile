@@ -19,10 +19,11 @@ demo: $(STAMP)
 	$(PY) launch.py demo
 
 # The CI suite: everything but the long end-to-end runs marked `slow`, one worker per core
-# (a test file stays on one worker, so its module fixtures are built once).
+# (a test file stays on one worker, so its module fixtures are built once); the 15 slowest
+# tests are listed at the end, to keep the suite inside its time budget.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -m "not slow" -q -n auto --dist loadfile
+	$(PY) -m pytest -m "not slow" -q -n auto --dist loadfile --durations=15
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist loadfile
