@@ -48,6 +48,8 @@ def second_order_in_float64(conv, strides, padding, x, w):
 @settings(max_examples=5, deadline=None)
 @example(size=1, kernel=2, stride=1, padding=((2, 0), (1, 3)), channels=1, features=2,
          seed=0)   # rows of pure padding (see second_order_in_float64)
+@example(size=6, kernel=4, stride=1, padding="SAME", channels=1, features=3,
+         seed=0)   # float32 rounding of 1.5e-4 on a gradient of magnitude 250
 @given(size=st.integers(1, 7), kernel=st.integers(1, 5), stride=st.integers(1, 3),
        padding=st.sampled_from(["SAME", "VALID", ((2, 0), (1, 3))]),
        channels=st.integers(1, 3), features=st.integers(1, 3), seed=st.integers(0, 2**16))
@@ -64,7 +66,11 @@ def test_patch_matmul_conv_matches_lax_conv(size, kernel, stride, padding, chann
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
     for got, want in zip(second_order(patch_conv, strides, padding)(x, w),
                          second_order_in_float64(lax_conv, strides, padding, x, w)):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        # float32 against float64: the rounding of the double backward's sums grows with
+        # the gradient's scale, so a small element beside large ones may be off by a few
+        # float32 ulps of the largest.
+        scale = float(np.max(np.abs(want), initial=0.0))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 + 1e-6 * scale)
 
 
 def test_patch_matmul_conv_rejects_what_it_does_not_support():
