@@ -675,26 +675,34 @@ _IMPLEMENTATIONS = {Full: _full, Atrous: _atrous, Local: _local, Sparse: _sparse
                     Strided: _strided, Fixed: _fixed}
 
 
-def _batch_first_full(q, k, v, key_mask, causal: bool, implementation: str) -> Array:
-    """Full attention on the caller's [B, N, H, D] layout (q pre-scaled) -> [B, N, H, E].
+# The patterns whose every part the CPU kernel computes: on a CPU they run batch-first.
+_KERNEL_PATTERNS = (Full, Atrous, Local)
 
-    The CPU kernel takes leading axes as more groups, so it reads the batch-first arrays as
-    they are; the sequence-first detour would cost two transposes each way, which XLA:CPU
-    fuses into the weight-gradient matmuls' operand copies (in BERT's backward pass they
-    took more time than the attention kernel). The XLA path swaps to its own layout.
+
+def _batch_first(q, k, v, key_mask, pattern: Pattern, causal: bool,
+                 implementation: str) -> Array:
+    """`Full`, `Atrous` or `Local` on the caller's [B, N, H, D] layout (q pre-scaled).
+
+    The CPU kernel takes leading axes as more groups, and a residue group is a reshape of
+    [N, H, D], so mapping the sequence-first computation over the batch reads the arrays as
+    they are. Swapping to sequence-first instead costs two transposes each way, which
+    XLA:CPU fuses into the operand copies of the neighbouring matmuls' gradients (in BERT's
+    backward pass they took more time than the attention kernel). The XLA path swaps.
+
+    Returns:
+      [B, N, H, E].
     """
-    length = q.shape[1]
-    lo, hi = 1 - length, 0 if causal else length - 1
+    sequence_first = _IMPLEMENTATIONS[type(pattern)]
     key_valid = key_mask[:, :, None, None]  # [B, N, 1, 1]
 
     def kernel(q, k, v, key_valid):
-        band = functools.partial(_kernel_band_attention, lo=lo, hi=hi,
-                                 implementation="cpu_kernel")
-        return jax.vmap(band)(q, k, v, key_valid)[0]
+        one = functools.partial(sequence_first, pattern=pattern, causal=causal,
+                                implementation="cpu_kernel")
+        return jax.vmap(one)(q, k, v, key_valid)
 
     def blocked(q, k, v, key_valid):
         q, k, v, key_valid = (jnp.swapaxes(x, 0, 1) for x in (q, k, v, key_valid))
-        return jnp.swapaxes(_full(q, k, v, key_valid, Full(), causal, "xla"), 0, 1)
+        return jnp.swapaxes(sequence_first(q, k, v, key_valid, pattern, causal, "xla"), 0, 1)
 
     return _dispatch(implementation, kernel, blocked, q, k, v, key_valid)
 
@@ -703,9 +711,9 @@ def _batch_first_full(q, k, v, key_mask, causal: bool, implementation: str) -> A
 def _attention(q, k, v, key_mask, pattern, causal, implementation):
     scale = 1.0 / math.sqrt(q.shape[-1])
     q = q * jnp.asarray(scale, q.dtype)
-    if isinstance(pattern, Full) and implementation in ("auto", "cpu_kernel"):
-        return _batch_first_full(q, k, v, key_mask, _is_causal(pattern, causal),
-                                 implementation).astype(v.dtype)
+    if isinstance(pattern, _KERNEL_PATTERNS) and implementation in ("auto", "cpu_kernel"):
+        return _batch_first(q, k, v, key_mask, pattern, _is_causal(pattern, causal),
+                            implementation).astype(v.dtype)
     q, k, v = (jnp.swapaxes(x, 0, 1) for x in (q, k, v))
     key_valid = jnp.swapaxes(key_mask, 0, 1)[:, :, None, None]  # [N, B, 1, 1]
     out = _IMPLEMENTATIONS[type(pattern)](q, k, v, key_valid, pattern,

@@ -317,17 +317,20 @@ def test_auto_takes_the_cpu_kernel_where_it_applies():
     assert kernel not in _compiled_text(8, "auto", Fixed(4, 2))  # XLA only
 
 
-def test_full_on_the_cpu_kernel_reads_the_callers_layout():
-    """No transpose or copy of q, k, v or their gradients: the kernel reads [B, N, H, D]."""
+@pytest.mark.parametrize("pattern", [Full(), Atrous(4), Local(3), Local(3, dilation=5)],
+                         ids=str)
+def test_the_cpu_kernel_reads_the_callers_layout(pattern):
+    """No transpose or copy of q, k, v or their gradients: the kernel reads [B, N, H, D]
+    (a residue group is a reshape when the rate divides N)."""
     if not cpu_band.available():
         pytest.skip("the CPU band-attention kernel could not be built here")
     x = jnp.ones((3, 40, 2, 8))
     key_mask = jnp.arange(40)[None, :] < jnp.array([[40], [25], [7]])
 
     def loss(q, k, v):
-        return jnp.sum(attn.attention(q, k, v, Full(), key_mask=key_mask) ** 2)
+        return jnp.sum(attn.attention(q, k, v, pattern, key_mask=key_mask) ** 2)
 
-    forward = jax.jit(functools.partial(attn.attention, pattern=Full(), key_mask=key_mask))
+    forward = jax.jit(functools.partial(attn.attention, pattern=pattern, key_mask=key_mask))
     for compiled in (forward.lower(x, x, x).compile(),
                      jax.jit(jax.grad(loss, (0, 1, 2))).lower(x, x, x).compile()):
         text = compiled.as_text()
