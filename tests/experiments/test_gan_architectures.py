@@ -67,7 +67,9 @@ def _kernel_count(tree) -> int:
 
 LOSSES = ("non_saturating", "wasserstein", "hinge", "ogan")
 # Compiling dominates (tens of seconds per cell on a busy 2-core machine): two cells unmarked,
-# the whole grid under `slow`.
+# the whole grid under `slow`. The grid tests the wiring, so it takes XLA's convs, which
+# compile in half the time of the patch-matmul ones (tests/kernels/test_conv.py checks those
+# against XLA's; the preset runs below train with them).
 QUICK = {("dcgan", "self_mod", "wasserstein"), ("stylegan_lite", "adain", "non_saturating")}
 
 
@@ -81,7 +83,7 @@ def _cells():
 
 @pytest.mark.parametrize("trunk, norm, loss", list(_cells()))
 def test_one_step_per_trunk_norm_loss_cell(trunk, norm, loss):
-    config = _config(trunk, norm, loss)
+    config = _config(trunk, norm, loss, "model.dcgan.conv=xla")
     if (trunk in gan_trunks.CONSTANT_INPUT_TRUNKS and norm not in gan_norms.LATENT_NORMS) or (
             loss == "ogan" and norm in gan_norms.LABEL_NORMS):
         with pytest.raises(ConfigError):
