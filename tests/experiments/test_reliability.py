@@ -92,7 +92,10 @@ def test_a_stopped_run_says_preempted_exits_nonzero_and_resumes(tmp_path, signum
     last = err.strip().splitlines()[-1]
     step = int(last.split("preempted at step ")[1].split(";")[0])
     assert last == (f"launch.py: preempted at step {step}; rerun the same command to resume")
-    assert 0 < step < 400 and (workdir / "checkpoints" / str(step)).is_dir()
+    checkpoints = workdir / "checkpoints"
+    assert 0 < step < 400 and (checkpoints / str(step)).is_dir(), (
+        sorted(p.name for p in checkpoints.iterdir()) if checkpoints.is_dir() else None,
+        err[-3000:])
     assert '{"top1"' not in out  # no final summary line
     assert "summary.json" not in {p.name for p in workdir.iterdir()}
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
