@@ -378,8 +378,8 @@ def op_time_by_kind(fn: Callable, *args, calls: int = 1) -> dict[str, float]:
     """Seconds per call of ``jax.jit(fn)(*args)`` spent in each of `OP_KINDS`, from a
     profiler trace (CPU only: on a GPU the trace's kernels do not carry HLO op names).
 
-    The shares are of the summed op time, which on CPU is close to the wall time (XLA:CPU
-    runs a program's ops one after the other, each on every core).
+    Each op's trace event, plus the time its asynchronous work ran unseen
+    (`trace_op_seconds`).
     """
     import gzip
     import tempfile
@@ -397,12 +397,54 @@ def op_time_by_kind(fn: Callable, *args, calls: int = 1) -> dict[str, float]:
         with gzip.open(trace_path) as stream:
             trace = json.load(stream)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    seconds = dict.fromkeys(OP_KINDS, 0.0)
+    return {kind: value / calls for kind, value in trace_op_seconds(events, kinds).items()}
+
+
+def trace_op_seconds(events: Sequence[dict], kinds: dict[str, str]) -> dict[str, float]:
+    """Seconds in each of `OP_KINDS` over an XLA:CPU trace's events.
+
+    An op's event ("X", ``args.hlo_op``) times its thunk, and for most ops that is the work.
+    XLA's own dots (a matmul YNNPACK does not take, e.g. a weight gradient contracting over
+    the tokens) are asynchronous: their event covers the ~2 ms launch, the work runs in the
+    thread pool until their "end: OP" marker. Time in which no op's event is open is charged
+    to the asynchronous ops in flight then, split evenly; with none in flight it is idle and
+    not charged.
+
+    Args:
+      events: the trace's "traceEvents".
+      kinds: op name -> kind (`hlo_op_kinds`); unknown ops count as elementwise.
+    """
+    spans = sorted((event["ts"], event["ts"] + event.get("dur", 0), event["args"]["hlo_op"])
+                   for event in events
+                   if event.get("ph") == "X" and (event.get("args") or {}).get("hlo_op"))
+    ends: dict[str, list[float]] = {}
     for event in events:
-        op = (event.get("args") or {}).get("hlo_op")
-        if event.get("ph") == "X" and op:
-            seconds[kinds.get(op, OP_KINDS[3])] += event.get("dur", 0) / 1e6 / calls
+        if str(event.get("name", "")).startswith("end: "):
+            ends.setdefault(event["name"][5:], []).append(event["ts"])
+    seconds = dict.fromkeys(OP_KINDS, 0.0)
+    in_flight = []  # (launched, ended, op): asynchronous work after the op's event closed
+    for start, stop, op in spans:
+        seconds[kinds.get(op, OP_KINDS[3])] += (stop - start) / 1e6
+        marker = min((t for t in ends.get(op, ()) if t >= stop), default=stop)
+        if marker > stop:
+            in_flight.append((stop, marker, op))
+    covered_until = spans[0][0] if spans else 0.0
+    for start, stop, _ in spans:
+        if start > covered_until:  # a gap [covered_until, start): no op's event is open
+            _charge_gap(seconds, kinds, in_flight, covered_until, start)
+        covered_until = max(covered_until, stop)
     return seconds
+
+
+def _charge_gap(seconds, kinds, in_flight, gap_start: float, gap_stop: float) -> None:
+    """Charges [gap_start, gap_stop) to the asynchronous ops running in it, split evenly."""
+    cuts = sorted({gap_start, gap_stop} | {t for launched, ended, _ in in_flight
+                                           for t in (launched, ended)
+                                           if gap_start < t < gap_stop})
+    for left, right in zip(cuts, cuts[1:]):
+        running = [op for launched, ended, op in in_flight if launched <= left and right <= ended]
+        for op in running:
+            seconds[kinds.get(op, OP_KINDS[3])] += (right - left) / 1e6 / len(running)
 
 
 _TORCH_MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm"}

@@ -61,6 +61,36 @@ def test_op_time_by_kind_puts_a_large_matmul_first():
     assert summary.startswith("matmuls and convolutions ")
 
 
+def _op(name, start, duration):
+    return {"ph": "X", "name": name, "ts": start, "dur": duration, "args": {"hlo_op": name}}
+
+
+def _end(name, time):
+    return {"ph": "X", "name": f"end: {name}", "ts": time, "dur": 0.5}
+
+
+def test_trace_op_seconds_charges_gaps_to_the_asynchronous_ops_in_flight():
+    """A hand-built trace (µs): sync ops are their events; an asynchronous dot's unseen work
+    is the gap until the next op; two in flight split a gap; an idle gap is not charged."""
+    matmul, custom, movement, elementwise = harness.OP_KINDS
+    kinds = {"a": matmul, "d": matmul, "e": elementwise, "f": elementwise, "m": matmul,
+             "c": movement, "g": elementwise}
+    events = [
+        _op("a", 0, 100), _end("a", 100),
+        _op("d", 100, 2), _end("d", 500),       # launched, runs unseen until 500
+        _op("e", 500, 100), _end("e", 600),
+        # 600-700: idle, nothing in flight
+        _op("f", 700, 10), _end("f", 710),
+        _op("m", 710, 1), _end("m", 911),        # both in flight 712-811, m alone to 911
+        _op("c", 711, 1), _end("c", 811),
+        _op("g", 911, 9), _end("g", 920),
+    ]
+    seconds = harness.trace_op_seconds(events, kinds)
+    want_us = {matmul: 100 + 2 + 398 + 1 + 99 / 2 + 100, custom: 0.0,
+               movement: 1 + 99 / 2, elementwise: 100 + 10 + 9}
+    assert seconds == pytest.approx({k: v / 1e6 for k, v in want_us.items()})
+
+
 def test_torch_op_time_by_kind_counts_mm_as_a_matmul():
     torch = pytest.importorskip("torch")
     a = torch.ones(256, 256)
