@@ -16,7 +16,7 @@ from experiments.configs import ConfigError
 # The benchmarks that exist, in the order `make bench` runs them.
 BENCHMARKS = ("attention", "margin_softmax", "sentence_similarity", "gradient_penalty",
               "trainer", "entity_linking", "attention_gpu", "decoding", "gan_step",
-              "bert")
+              "bert", "matmul")
 
 
 def load(name: str) -> types.ModuleType:
