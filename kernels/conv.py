@@ -30,12 +30,21 @@ def _explicit_padding(lhs_shape, rhs_shape, strides, padding) -> list[tuple[int,
     return [tuple(pair) for pair in padding]
 
 
-def _strided_windows(x: jax.Array, axis: int, size: int, stride: int, count: int):
-    """Stacks x[..., i + stride·t, ...] (t < count) for i < size on a new axis after `axis`."""
-    return jnp.stack(
-        [lax.slice_in_dim(x, i, i + stride * (count - 1) + 1, stride, axis) for i in range(size)],
-        axis=axis + 1,
-    )
+def _windows(x: jax.Array, size: tuple[int, int], stride: tuple[int, int],
+             count: tuple[int, int]) -> jax.Array:
+    """(B, Ho, Wo, kh·kw, C): the kh×kw windows of x (B, H, W, C), tap (i, j) at i·kw + j.
+
+    One strided slice per tap, stacked next to the channels, so the patch matrix
+    (B·Ho·Wo, kh·kw·C) is this array's own memory order: the contraction reads it with no
+    transposing copy (gathering rows, then columns, gave (B, Ho, kh, Wo, kw, C), which XLA
+    copied into matrix order, a second pass over the largest array of the step).
+    """
+    (kh, kw), (sh, sw), (out_h, out_w) = size, stride, count
+    return jnp.stack([
+        lax.slice(x, (0, i, j, 0),
+                  (x.shape[0], i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1, x.shape[3]),
+                  (1, sh, sw, 1))
+        for i in range(kh) for j in range(kw)], axis=3)
 
 
 def patch_matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -43,8 +52,8 @@ def patch_matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
                       preferred_element_type=None) -> jax.Array:
     """``lax.conv_general_dilated`` for 2-D NHWC × HWIO convs, as a matmul over windows.
 
-    Every kh×kw window of the padded input is gathered with kh + kw strided slices into
-    (B, Ho, kh, Wo, kw, C) and contracted with the kernel in one ``einsum``. Its
+    Every kh×kw window of the padded input is gathered with kh·kw strided slices into
+    (B, Ho, Wo, kh·kw, C) and contracted with the kernel in one ``einsum``. Its
     derivatives of any order are pads, slices and dots, which XLA:CPU runs at matmul speed,
     whereas it runs some gradient convolutions of a strided conv as slow loops (see the
     module docstring). The price is the windows' memory: kh·kw/(sh·sw) times the input.
@@ -93,10 +102,9 @@ def patch_matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
                      ((0, 0, 0), (top, bottom, dh - 1), (left, right, dw - 1), (0, 0, 0)))
     out_h = (padded.shape[1] - kh) // sh + 1
     out_w = (padded.shape[2] - kw) // sw + 1
-    rows = _strided_windows(padded, 1, kh, sh, out_h)     # [B, Ho, kh, Wp, C]
-    windows = _strided_windows(rows, 3, kw, sw, out_w)    # [B, Ho, kh, Wo, kw, C]
-    return jnp.einsum("bhiwjc,ijco->bhwo", windows, rhs, precision=precision,
-                      preferred_element_type=preferred_element_type)
+    windows = _windows(padded, (kh, kw), (sh, sw), (out_h, out_w))   # [B, Ho, Wo, kh·kw, C]
+    return jnp.einsum("bhwkc,kco->bhwo", windows, rhs.reshape(kh * kw, *rhs.shape[2:]),
+                      precision=precision, preferred_element_type=preferred_element_type)
 
 
 def transposed_conv_padding(kernel_size: int, stride: int, padding: str) -> tuple[int, int]:
