@@ -422,7 +422,7 @@ def op_time_by_kind(fn: Callable, *args, calls: int = 1) -> dict[str, float]:
         raise ValueError("op_time_by_kind reads XLA:CPU's per-op trace events")
     compiled = jax.jit(fn).lower(*args).compile()
     kinds = hlo_op_kinds(compiled.as_text())
-    _block(compiled(*args))
+    warm_up(lambda: compiled(*args), _block)   # the traced calls see the settled heap
     with tempfile.TemporaryDirectory() as directory:
         jax.profiler.start_trace(directory, create_perfetto_trace=True)
         for _ in range(calls):
@@ -491,7 +491,7 @@ def torch_op_time_by_kind(call: Callable[[], Any], calls: int = 1) -> dict[str, 
     """`op_time_by_kind` for a PyTorch call: each aten op's self CPU time, by kind (fused
     attention kernels, e.g. scaled_dot_product_attention's, count as custom calls)."""
     import torch
-    call()
+    warm_up(call, lambda result: result)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         for _ in range(calls):
             call()
