@@ -207,6 +207,88 @@ def patch_matmul_conv_transpose(lhs, rhs, strides, padding, rhs_dilation=None,
     return y[:, :out[0], :out[1]]
 
 
+def _box_summed_kernel(rhs: jax.Array) -> jax.Array:
+    """(k, k, C, O) → (k + 1, k + 1, C, O): the kernel convolved with a 2×2 box of ones."""
+    summed = jnp.pad(rhs, ((0, 1), (0, 0), (0, 0), (0, 0))) + jnp.pad(
+        rhs, ((1, 0), (0, 0), (0, 0), (0, 0)))
+    return jnp.pad(summed, ((0, 0), (0, 1), (0, 0), (0, 0))) + jnp.pad(
+        summed, ((0, 0), (1, 0), (0, 0), (0, 0)))
+
+
+def nearest_upsample_conv(conv_transpose: ConvFn = lax.conv_transpose) -> ConvFn:
+    """A ``conv_general_dilated`` stand-in that convolves the ×2 nearest up-sampled input.
+
+    For ``nn.Conv(..., padding="SAME", conv_general_dilated=nearest_upsample_conv(...))``:
+    conv(up(x), K) with up repeating every pixel 2×2 and K an odd k×k kernel equals the
+    stride-2 transposed conv of x itself with K convolved with a 2×2 box of ones (each
+    output phase reads a ⌈(k+1)/2⌉-tap neighbourhood of x whose taps are sums of K's), padded
+    (k+1)/2 on each side. For the ResNet generator's 3×3 convs that is 16 multiplies per
+    input pixel and channel pair instead of 36, and no up-sampled copy of x is made.
+
+    Args:
+      conv_transpose: ``lax.conv_transpose`` or `patch_matmul_conv_transpose`.
+
+    Returns:
+      f(lhs (B, H, W, C), rhs (k, k, C, O), window_strides, padding, ...) → (B, 2H, 2W, O),
+      for stride 1, "SAME" padding and an odd square kernel (else ValueError).
+    """
+
+    def upsample_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                      rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                      precision=None, preferred_element_type=None):
+        _check_resampling_conv("nearest_upsample_conv", rhs, window_strides, padding,
+                               lhs_dilation, rhs_dilation, feature_group_count)
+        pad = (rhs.shape[0] + 1) // 2
+        return conv_transpose(lhs, _box_summed_kernel(rhs), (2, 2), ((pad, pad), (pad, pad)),
+                              dimension_numbers=dimension_numbers, precision=precision,
+                              preferred_element_type=preferred_element_type)
+
+    return upsample_conv
+
+
+def average_pooled_conv(conv: ConvFn = lax.conv_general_dilated) -> ConvFn:
+    """A ``conv_general_dilated`` stand-in whose output is average-pooled over 2×2 blocks.
+
+    For ``nn.Conv(..., padding="SAME", conv_general_dilated=average_pooled_conv(...))``:
+    pool(conv(x, K)) with an odd k×k kernel equals the stride-2 conv of x with K convolved
+    with a 2×2 box of ones / 4, padded (k−1)/2 on each side: for the ResNet critic's 3×3
+    convs 16 multiplies per pooled pixel and channel pair instead of 36, and the
+    full-resolution output is never formed. The conv's bias, added after, is unchanged by
+    the pooling.
+
+    Args:
+      conv: ``lax.conv_general_dilated`` or `patch_matmul_conv`.
+
+    Returns:
+      f(lhs (B, H, W, C), rhs (k, k, C, O), window_strides, padding, ...) → (B, H/2, W/2, O)
+      for even H, W, stride 1, "SAME" padding and an odd square kernel (else ValueError).
+    """
+
+    def pooled_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                    dimension_numbers=None, feature_group_count=1, precision=None,
+                    preferred_element_type=None):
+        _check_resampling_conv("average_pooled_conv", rhs, window_strides, padding,
+                               lhs_dilation, rhs_dilation, feature_group_count)
+        if lhs.shape[1] % 2 or lhs.shape[2] % 2:
+            raise ValueError(f"average_pooled_conv needs even sides, got {lhs.shape[1:3]}")
+        pad = (rhs.shape[0] - 1) // 2
+        return conv(lhs, _box_summed_kernel(rhs) / 4, (2, 2), ((pad, pad), (pad, pad)),
+                    dimension_numbers=dimension_numbers, precision=precision,
+                    preferred_element_type=preferred_element_type)
+
+    return pooled_conv
+
+
+def _check_resampling_conv(name, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                           feature_group_count) -> None:
+    kh, kw = rhs.shape[:2]
+    if (tuple(window_strides) != (1, 1) or padding != "SAME" or kh != kw or kh % 2 == 0
+            or any(d is not None and tuple(d) != (1, 1) for d in (lhs_dilation, rhs_dilation))
+            or feature_group_count != 1):
+        raise ValueError(f"{name} needs stride 1, SAME padding and an odd square kernel, got "
+                         f"strides {window_strides}, padding {padding!r}, kernel {(kh, kw)}")
+
+
 def resolve_conv_implementation(name: str = "auto", backend: str | None = None) -> str:
     """What `conv_for_backend` runs for `name`: "auto" is "patch_matmul" on the CPU backend
     (XLA:CPU runs its derivatives at matmul speed) and "xla" on GPU and TPU.

@@ -58,6 +58,11 @@ class TrunkSpec:
       num_classes: K > 0: a projection critic (labels in, as conditional BN's generator).
       critic_outputs: the critic's head width: 1 for scores, Z for O-GAN's encoder.
       residual_scale: α of the ResNet blocks.
+      upsample_conv: the ResNet generator's conv of the ×2 nearest up-sampled input, as one
+        function (`kernels.conv.nearest_upsample_conv`: the same values without the
+        up-sampled copy), or None: up-sample, then `conv`.
+      pooled_conv: the ResNet critic's 2×2 average-pooled conv as one function
+        (`kernels.conv.average_pooled_conv`), or None: `conv`, then pool.
       mapping_layers: depth of StyleGAN-lite's mapping MLP.
       dcgan_generator, dcgan_critic: rows of `dcgan.GENERATORS` / `dcgan.CRITICS` (the
         dcgan trunk's nets; StyleGAN-lite's critic and its conv settings).
@@ -75,6 +80,8 @@ class TrunkSpec:
     num_classes: int = 0
     critic_outputs: int = 1
     residual_scale: float = 0.1
+    upsample_conv: Callable[..., Array] | None = None
+    pooled_conv: Callable[..., Array] | None = None
     mapping_layers: int = 4
     dcgan_generator: str = "wgan_div"
     dcgan_critic: str = "wgan_div"
@@ -137,12 +144,14 @@ class ResidualUpBlock(nn.Module):
       residual_scale: α.
       norm: the generator's norm factory, or None.
       conv: the forward convolution function.
+      upsample_conv: conv of the up-sampled input in one function (`TrunkSpec`), or None.
     """
 
     features: int
     residual_scale: float
     norm: NormFactory | None
     conv: Callable[..., Array]
+    upsample_conv: Callable[..., Array] | None = None
 
     def _normalize(self, x, condition, train):
         return x if self.norm is None else self.norm(use_running_average=not train)(
@@ -151,13 +160,16 @@ class ResidualUpBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array, condition: gan_norms.Condition, *, train: bool) -> Array:
         """(B, S, S, C) → (B, 2S, 2S, features)."""
-        h = upsample_nearest(nn.relu(self._normalize(x, condition, train)))
-        h = _conv(self.features, 3, self.conv)(h)
+        h = nn.relu(self._normalize(x, condition, train))
+        if self.upsample_conv is None:
+            h = _conv(self.features, 3, self.conv)(upsample_nearest(h))
+        else:
+            h = _conv(self.features, 3, self.upsample_conv)(h)
         h = _conv(self.features, 3, self.conv)(nn.relu(self._normalize(h, condition, train)))
-        shortcut = upsample_nearest(x)
-        if x.shape[-1] != self.features:
+        shortcut = x
+        if x.shape[-1] != self.features:   # a 1×1 conv commutes with up-sampling: run it first
             shortcut = _conv(self.features, 1, self.conv, name="shortcut")(shortcut)
-        return shortcut + self.residual_scale * h
+        return upsample_nearest(shortcut) + self.residual_scale * h
 
 
 class ResNetGenerator(nn.Module):
@@ -165,7 +177,7 @@ class ResNetGenerator(nn.Module):
     DCGAN's, the last two at base) → norm → ReLU → Conv3×3(3) → tanh.
 
     Attributes: as `TrunkSpec`'s (resolution, z_dim, base_channels, norm, conv,
-      residual_scale, attention, attention_resolution).
+      residual_scale, attention, attention_resolution, upsample_conv).
     """
 
     resolution: int
@@ -176,6 +188,7 @@ class ResNetGenerator(nn.Module):
     residual_scale: float = 0.1
     attention: ModuleFactory | None = None
     attention_resolution: int = 0
+    upsample_conv: Callable[..., Array] | None = None
 
     @nn.compact
     def __call__(self, z: Array, labels: Array | None = None, *, train: bool) -> Array:
@@ -187,8 +200,8 @@ class ResNetGenerator(nn.Module):
         h = h.reshape(z.shape[0], size, size, widths[0])            # [B, 4, 4, max]
         h = dcgan.maybe_attend(h, self.attention, self.attention_resolution)
         for features in (*widths[1:], widths[-1]):                   # 4 → R
-            h = ResidualUpBlock(features, self.residual_scale, self.norm, self.conv)(
-                h, condition, train=train)
+            h = ResidualUpBlock(features, self.residual_scale, self.norm, self.conv,
+                                self.upsample_conv)(h, condition, train=train)
             h = dcgan.maybe_attend(h, self.attention, self.attention_resolution)
         if self.norm is not None:
             h = self.norm(use_running_average=not train)(h, condition)
@@ -205,6 +218,7 @@ class ResidualDownBlock(nn.Module):
       norm: the critic's norm factory (plain; no condition), or None.
       conv: the forward convolution function.
       activate_input: apply the activation to x first (not on the image itself).
+      pooled_conv: the second conv and the pool in one function (`TrunkSpec`), or None.
     """
 
     features: int
@@ -212,6 +226,7 @@ class ResidualDownBlock(nn.Module):
     norm: NormFactory | None
     conv: Callable[..., Array]
     activate_input: bool = True
+    pooled_conv: Callable[..., Array] | None = None
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
@@ -220,11 +235,15 @@ class ResidualDownBlock(nn.Module):
         h = _conv(self.features, 3, self.conv)(h)
         if self.norm is not None:
             h = self.norm(use_running_average=not train)(h)
-        h = _conv(self.features, 3, self.conv)(nn.leaky_relu(h, 0.2))
-        shortcut = x
+        h = nn.leaky_relu(h, 0.2)
+        if self.pooled_conv is None:
+            h = average_pool(_conv(self.features, 3, self.conv)(h))
+        else:
+            h = _conv(self.features, 3, self.pooled_conv)(h)
+        shortcut = average_pool(x)   # a 1×1 conv commutes with pooling: pool first
         if x.shape[-1] != self.features:
             shortcut = _conv(self.features, 1, self.conv, name="shortcut")(shortcut)
-        return average_pool(shortcut) + self.residual_scale * average_pool(h)
+        return shortcut + self.residual_scale * h
 
 
 class ResNetCritic(nn.Module):
@@ -244,6 +263,7 @@ class ResNetCritic(nn.Module):
     head_features: int = 1
     attention: ModuleFactory | None = None
     attention_resolution: int = 0
+    pooled_conv: Callable[..., Array] | None = None
 
     @nn.compact
     def __call__(self, x: Array, labels: Array | None = None, *, train: bool) -> Array:
@@ -251,7 +271,8 @@ class ResNetCritic(nn.Module):
         h = x
         for i, features in enumerate(dcgan.critic_widths(self.resolution, self.base_channels)):
             h = ResidualDownBlock(features, self.residual_scale, self.norm, self.conv,
-                                  activate_input=i > 0)(h, train=train)
+                                  activate_input=i > 0, pooled_conv=self.pooled_conv)(
+                h, train=train)
             h = dcgan.maybe_attend(h, self.attention, self.attention_resolution)
         h = dcgan.global_average_pool(nn.leaky_relu(h, 0.2))          # [B, max]
         out = nn.Dense(self.head_features)(h)
@@ -263,12 +284,13 @@ def resnet_trunk(spec: TrunkSpec) -> TrunkNets:
     generator = ResNetGenerator(
         resolution=spec.resolution, z_dim=spec.z_dim, base_channels=spec.base_channels,
         norm=spec.norm, conv=spec.conv, residual_scale=spec.residual_scale,
-        attention=spec.attention, attention_resolution=spec.attention_resolution)
+        attention=spec.attention, attention_resolution=spec.attention_resolution,
+        upsample_conv=spec.upsample_conv)
     critic = ResNetCritic(
         resolution=spec.resolution, base_channels=spec.base_channels, conv=spec.conv,
         residual_scale=spec.residual_scale, num_classes=spec.num_classes,
         head_features=spec.critic_outputs, attention=spec.attention,
-        attention_resolution=spec.attention_resolution)
+        attention_resolution=spec.attention_resolution, pooled_conv=spec.pooled_conv)
     return TrunkNets(generator=generator, critic=critic)
 
 

@@ -144,6 +144,11 @@ def _base_config() -> ml_collections.ConfigDict:
     # SELF-MOD's MLP hidden width: the author's code uses z_dim = 128, the paper's 32.
     config.model.self_mod_hidden = 128
     config.model.residual_scale = 0.1  # resnet: x + α·f(x) (the post: α < 1, e.g. 0.1)
+    # resnet: the generator's conv3×3(up(x)) and the critic's pool(conv3×3(x)) each as one
+    # stride-2 (transposed) conv with the kernel summed over 2×2 blocks
+    # (kernels.conv.nearest_upsample_conv / average_pooled_conv): the same values in 16
+    # multiplies per low-resolution pixel instead of 36. False: resample and conv apart.
+    config.model.fuse_resampling_convs = True
     config.model.mapping_layers = 4    # stylegan_lite: depth of the z → w MLP (StyleGAN: 8)
     # SAGAN self-attention in both nets after the layer of this side (0: none); the pattern
     # as the sparse LM's model.pattern ("full", "local:16", "atrous:4", ...).

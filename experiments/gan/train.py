@@ -105,7 +105,13 @@ def trunk_spec(config: ml_collections.ConfigDict, num_classes: int = 0
         attention=attention, attention_resolution=model.attention.resolution,
         num_classes=num_classes,
         critic_outputs=model.dcgan.z_dim if config.loss == config_lib.OGAN else 1,
-        residual_scale=model.residual_scale, mapping_layers=model.mapping_layers,
+        residual_scale=model.residual_scale,
+        upsample_conv=(conv.nearest_upsample_conv(
+            conv.conv_for_backend(model.dcgan.conv, transpose=True))
+            if model.fuse_resampling_convs else None),
+        pooled_conv=(conv.average_pooled_conv(conv.conv_for_backend(model.dcgan.conv))
+                     if model.fuse_resampling_convs else None),
+        mapping_layers=model.mapping_layers,
         dcgan_generator=model.dcgan.generator, dcgan_critic=model.dcgan.critic,
         sn_power_iterations=model.sn_power_iterations)
 

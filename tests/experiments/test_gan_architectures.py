@@ -17,6 +17,7 @@ from experiments.configs import ConfigError
 from experiments.gan import config as config_lib
 from experiments.gan import input_pipeline, ogan
 from experiments.gan import train as gan_train
+from kernels import conv
 from models import gan_norms, gan_trunks
 
 BATCH, NUM_CLASSES = 4, 3
@@ -105,6 +106,29 @@ def test_one_step_per_trunk_norm_loss_cell(trunk, norm, loss):
     critic_vars = {"params": after["critic"]["params"], **after["critic"]["collections"]}
     scores = nets.critic.apply(critic_vars, images, *labels, train=False)
     assert scores.shape == ((2, 8) if loss == "ogan" else (2,))
+
+
+@pytest.mark.parametrize("conv_name", ["xla", "patch_matmul"])
+def test_resnet_nets_with_fused_resampling_convs_equal_resample_then_conv(conv_name):
+    spec = dict(resolution=32, z_dim=8, base_channels=4, norm=gan_norms.BatchNorm,
+                conv=conv.conv_for_backend(conv_name))
+    literal = gan_trunks.resnet_trunk(gan_trunks.TrunkSpec(**spec))
+    fused = gan_trunks.resnet_trunk(gan_trunks.TrunkSpec(
+        **spec, upsample_conv=conv.nearest_upsample_conv(
+            conv.conv_for_backend(conv_name, transpose=True)),
+        pooled_conv=conv.average_pooled_conv(conv.conv_for_backend(conv_name))))
+    z = jax.random.normal(jax.random.key(0), (3, 8))
+    images = jax.random.uniform(jax.random.key(2), (3, 32, 32, 3), minval=-1, maxval=1)
+    for name, inputs, shape in (("generator", z, (3, 32, 32, 3)), ("critic", images, (3,))):
+        variables = getattr(literal, name).init(jax.random.key(1), inputs, train=False)
+        # The same parameter tree, so checkpoints load either way.
+        assert (jax.tree.structure(getattr(fused, name).init(jax.random.key(1), inputs,
+                                                             train=False))
+                == jax.tree.structure(variables)), name
+        want = getattr(literal, name).apply(variables, inputs, train=False)
+        got = getattr(fused, name).apply(variables, inputs, train=False)
+        assert got.shape == shape, name
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 def test_ogan_stop_gradient_step_has_the_gradients_of_its_two_losses():

@@ -1,6 +1,8 @@
 """kernels/conv.py: the patch-matmul conv against lax's in values and second derivatives,
 and inside the DCGAN critic."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -188,3 +190,102 @@ def test_conv_for_backend():
     assert conv.conv_for_backend("auto", backend="gpu", transpose=True) is lax.conv_transpose
     with pytest.raises(ValueError, match="conv must be one of"):
         conv.conv_for_backend("cudnn")
+
+
+def upsample_then_conv(x, w):
+    """The literal form: every pixel repeated 2×2, then a stride-1 SAME conv (float64)."""
+    upsampled = np.repeat(np.repeat(np.asarray(x, np.float64), 2, axis=1), 2, axis=2)
+    with jax.enable_x64(True):
+        return np.asarray(lax_conv(jnp.asarray(upsampled), jnp.asarray(np.asarray(w, np.float64)),
+                                   (1, 1), "SAME"))
+
+
+@pytest.mark.parametrize("transpose", [lax.conv_transpose, conv.patch_matmul_conv_transpose],
+                         ids=["xla", "patch_matmul"])
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_nearest_upsample_conv_is_conv_of_the_upsampled_input(transpose, kernel):
+    kx, kw = jax.random.split(jax.random.key(kernel))
+    x = jax.random.normal(kx, (2, 5, 6, 3))
+    w = jax.random.normal(kw, (kernel, kernel, 3, 4))
+    fused = conv.nearest_upsample_conv(transpose)
+    actual = jax.jit(lambda x, w: fused(x, w, (1, 1), "SAME", dimension_numbers=NHWC,
+                                        precision=lax.Precision.HIGHEST))(x, w)
+    assert actual.shape == (2, 10, 12, 4)
+    np.testing.assert_allclose(actual, upsample_then_conv(x, w), rtol=1e-5, atol=1e-4)
+
+
+def test_nearest_upsample_conv_gradients_match_the_literal_form():
+    kx, kw = jax.random.split(jax.random.key(7))
+    x = jax.random.normal(kx, (2, 4, 4, 3))
+    w = jax.random.normal(kw, (3, 3, 3, 2))
+    fused = conv.nearest_upsample_conv(conv.patch_matmul_conv_transpose)
+
+    def energy(conv_fn, x, w):
+        return jnp.sum(jnp.tanh(conv_fn(x, w)))
+
+    literal = lambda x, w: lax_conv(  # noqa: E731
+        jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2), w, (1, 1), "SAME")
+    ours = lambda x, w: fused(x, w, (1, 1), "SAME", precision=lax.Precision.HIGHEST)  # noqa
+    want = jax.grad(functools.partial(energy, literal), argnums=(0, 1))(x, w)
+    got = jax.grad(functools.partial(energy, ours), argnums=(0, 1))(x, w)
+    for g, e in zip(got, want):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+
+
+def test_nearest_upsample_conv_rejects_what_it_does_not_compute():
+    fused = conv.nearest_upsample_conv()
+    x, w = jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2))
+    with pytest.raises(ValueError, match="stride 1, SAME padding and an odd square kernel"):
+        fused(x, w, (2, 2), "SAME")
+    with pytest.raises(ValueError, match="odd square kernel"):
+        fused(x, jnp.zeros((2, 2, 2, 2)), (1, 1), "SAME")
+    with pytest.raises(ValueError, match="odd square kernel"):
+        fused(x, w, (1, 1), "VALID")
+
+
+def conv_then_average_pool(x, w):
+    """The literal form: a stride-1 SAME conv, then the mean of each 2×2 block (float64)."""
+    with jax.enable_x64(True):
+        full = np.asarray(lax_conv(jnp.asarray(np.asarray(x, np.float64)),
+                                   jnp.asarray(np.asarray(w, np.float64)), (1, 1), "SAME"))
+    b, h, w_, o = full.shape
+    return full.reshape(b, h // 2, 2, w_ // 2, 2, o).mean(axis=(2, 4))
+
+
+@pytest.mark.parametrize("forward", [lax.conv_general_dilated, conv.patch_matmul_conv],
+                         ids=["xla", "patch_matmul"])
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_average_pooled_conv_is_the_pooled_conv(forward, kernel):
+    kx, kw = jax.random.split(jax.random.key(10 + kernel))
+    x = jax.random.normal(kx, (2, 6, 8, 3))
+    w = jax.random.normal(kw, (kernel, kernel, 3, 4))
+    fused = conv.average_pooled_conv(forward)
+    actual = jax.jit(lambda x, w: fused(x, w, (1, 1), "SAME", dimension_numbers=NHWC,
+                                        precision=lax.Precision.HIGHEST))(x, w)
+    assert actual.shape == (2, 3, 4, 4)
+    np.testing.assert_allclose(actual, conv_then_average_pool(x, w), rtol=1e-5, atol=1e-4)
+
+
+def test_average_pooled_conv_second_order_matches_the_literal_form():
+    # The WGAN-div critic differentiates twice: check the double backward, not only values.
+    kx, kw = jax.random.split(jax.random.key(3))
+    x = jax.random.normal(kx, (2, 4, 4, 3))
+    w = jax.random.normal(kw, (3, 3, 3, 2))
+    fused = conv.average_pooled_conv(conv.patch_matmul_conv)
+
+    def literal(x, w, strides, padding):
+        full = lax_conv(x, w, strides, padding)
+        return full.reshape(2, 2, 2, 2, 2, 2).mean(axis=(2, 4))
+
+    def ours(x, w, strides, padding):
+        return fused(x, w, strides, padding, precision=lax.Precision.HIGHEST)
+
+    want = second_order_in_float64(literal, (1, 1), "SAME", x, w)
+    for got, expected in zip(second_order(ours, (1, 1), "SAME")(x, w), want):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_average_pooled_conv_rejects_odd_sides():
+    with pytest.raises(ValueError, match="even sides"):
+        conv.average_pooled_conv()(jnp.zeros((1, 5, 4, 2)), jnp.zeros((3, 3, 2, 2)), (1, 1),
+                                   "SAME")
