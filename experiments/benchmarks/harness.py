@@ -140,19 +140,23 @@ MAX_WARM_UP_CALLS = 5
 
 def warm_up(call: Callable[[], Any], sync: Callable[[Any], Any], *,
             page_faults: Callable[[], int] = _minor_page_faults,
-            max_calls: int = MAX_WARM_UP_CALLS) -> int:
-    """Calls `call` until one call no longer faults in fresh memory (at most `max_calls`).
+            max_calls: int = MAX_WARM_UP_CALLS, settled_calls: int = 2) -> int:
+    """Calls `call` until `settled_calls` calls in a row no longer fault in fresh memory
+    (at most `max_calls`).
 
     With freed memory kept (experiments/host_memory.py), the heap grows over the first
     calls until every buffer of a call finds freed room; a call that grows it pays a page
     fault per 4 KiB, which on these VMs doubled a GAN iteration (1.7 GiB of temporaries:
-    450,000 faults, 6 s of system time). The timed calls should see the settled heap, as a
+    450,000 faults, 6 s of system time). One quiet call is not enough: a BERT step faulted
+    on every other call for a while. The timed calls should see the settled heap, as a
     long training run does. Returns the number of calls made.
     """
+    quiet = 0
     for calls in range(1, max_calls + 1):
         before = page_faults()
         sync(call())
-        if page_faults() - before < SETTLED_PAGE_FAULTS:
+        quiet = quiet + 1 if page_faults() - before < SETTLED_PAGE_FAULTS else 0
+        if quiet == settled_calls:
             return calls
     return max_calls
 
