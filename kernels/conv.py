@@ -209,10 +209,11 @@ def patch_matmul_conv_transpose(lhs, rhs, strides, padding, rhs_dilation=None,
 
 def _box_summed_kernel(rhs: jax.Array) -> jax.Array:
     """(k, k, C, O) → (k + 1, k + 1, C, O): the kernel convolved with a 2×2 box of ones."""
-    summed = jnp.pad(rhs, ((0, 1), (0, 0), (0, 0), (0, 0))) + jnp.pad(
-        rhs, ((1, 0), (0, 0), (0, 0), (0, 0)))
-    return jnp.pad(summed, ((0, 0), (0, 1), (0, 0), (0, 0))) + jnp.pad(
-        summed, ((0, 0), (1, 0), (0, 0), (0, 0)))
+    for axis in (0, 1):   # rows, then columns: K[t] + K[t − 1]
+        zero_after, zero_before = [(0, 0)] * 4, [(0, 0)] * 4
+        zero_after[axis], zero_before[axis] = (0, 1), (1, 0)
+        rhs = jnp.pad(rhs, zero_after) + jnp.pad(rhs, zero_before)
+    return rhs
 
 
 def nearest_upsample_conv(conv_transpose: ConvFn = lax.conv_transpose) -> ConvFn:

@@ -95,22 +95,21 @@ def trunk_spec(config: ml_collections.ConfigDict, num_classes: int = 0
     if model.attention.resolution:
         attention = functools.partial(gan_norms.SelfAttention,
                                       pattern=config_lib.attention_pattern(config))
+    forward = conv.conv_for_backend(model.dcgan.conv)
+    transpose = conv.conv_for_backend(model.dcgan.conv, transpose=True)
+    fuse = model.fuse_resampling_convs
     return gan_trunks.TrunkSpec(
         resolution=config.data.resolution, z_dim=model.dcgan.z_dim,
         base_channels=model.dcgan.base_channels,
         norm=gan_norms.norm_factory(model.norm, num_classes=num_classes,
                                     self_mod_hidden=model.self_mod_hidden),
-        conv=conv.conv_for_backend(model.dcgan.conv),
-        conv_transpose=conv.conv_for_backend(model.dcgan.conv, transpose=True),
+        conv=forward, conv_transpose=transpose,
         attention=attention, attention_resolution=model.attention.resolution,
         num_classes=num_classes,
         critic_outputs=model.dcgan.z_dim if config.loss == config_lib.OGAN else 1,
         residual_scale=model.residual_scale,
-        upsample_conv=(conv.nearest_upsample_conv(
-            conv.conv_for_backend(model.dcgan.conv, transpose=True))
-            if model.fuse_resampling_convs else None),
-        pooled_conv=(conv.average_pooled_conv(conv.conv_for_backend(model.dcgan.conv))
-                     if model.fuse_resampling_convs else None),
+        upsample_conv=conv.nearest_upsample_conv(transpose) if fuse else None,
+        pooled_conv=conv.average_pooled_conv(forward) if fuse else None,
         mapping_layers=model.mapping_layers,
         dcgan_generator=model.dcgan.generator, dcgan_critic=model.dcgan.critic,
         sn_power_iterations=model.sn_power_iterations)

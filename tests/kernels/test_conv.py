@@ -192,26 +192,50 @@ def test_conv_for_backend():
         conv.conv_for_backend("cudnn")
 
 
+def same_conv_in_float64(x, w):
+    """A stride-1 SAME conv of x by w in float64, as numpy: the resampling convs' reference."""
+    with jax.enable_x64(True):
+        return np.asarray(lax_conv(jnp.asarray(np.asarray(x, np.float64)),
+                                   jnp.asarray(np.asarray(w, np.float64)), (1, 1), "SAME"))
+
+
 def upsample_then_conv(x, w):
     """The literal form: every pixel repeated 2×2, then a stride-1 SAME conv (float64)."""
-    upsampled = np.repeat(np.repeat(np.asarray(x, np.float64), 2, axis=1), 2, axis=2)
-    with jax.enable_x64(True):
-        return np.asarray(lax_conv(jnp.asarray(upsampled), jnp.asarray(np.asarray(w, np.float64)),
-                                   (1, 1), "SAME"))
+    return same_conv_in_float64(np.repeat(np.repeat(np.asarray(x), 2, axis=1), 2, axis=2), w)
 
 
-@pytest.mark.parametrize("transpose", [lax.conv_transpose, conv.patch_matmul_conv_transpose],
-                         ids=["xla", "patch_matmul"])
+def conv_then_average_pool(x, w):
+    """The literal form: a stride-1 SAME conv, then the mean of each 2×2 block (float64)."""
+    full = same_conv_in_float64(x, w)
+    b, h, w_, o = full.shape
+    return full.reshape(b, h // 2, 2, w_ // 2, 2, o).mean(axis=(2, 4))
+
+
+# (fused conv, the conv it wraps, input shape, output shape, literal form)
+RESAMPLING_CASES = {
+    "upsample-xla": (conv.nearest_upsample_conv, lax.conv_transpose, (2, 5, 6, 3),
+                     (2, 10, 12, 4), upsample_then_conv),
+    "upsample-patch_matmul": (conv.nearest_upsample_conv, conv.patch_matmul_conv_transpose,
+                              (2, 5, 6, 3), (2, 10, 12, 4), upsample_then_conv),
+    "pooled-xla": (conv.average_pooled_conv, lax.conv_general_dilated, (2, 6, 8, 3),
+                   (2, 3, 4, 4), conv_then_average_pool),
+    "pooled-patch_matmul": (conv.average_pooled_conv, conv.patch_matmul_conv, (2, 6, 8, 3),
+                            (2, 3, 4, 4), conv_then_average_pool),
+}
+
+
+@pytest.mark.parametrize("case", list(RESAMPLING_CASES))
 @pytest.mark.parametrize("kernel", [1, 3, 5])
-def test_nearest_upsample_conv_is_conv_of_the_upsampled_input(transpose, kernel):
+def test_resampling_convs_equal_their_literal_form(case, kernel):
+    make_fused, wrapped, in_shape, out_shape, literal = RESAMPLING_CASES[case]
     kx, kw = jax.random.split(jax.random.key(kernel))
-    x = jax.random.normal(kx, (2, 5, 6, 3))
+    x = jax.random.normal(kx, in_shape)
     w = jax.random.normal(kw, (kernel, kernel, 3, 4))
-    fused = conv.nearest_upsample_conv(transpose)
+    fused = make_fused(wrapped)
     actual = jax.jit(lambda x, w: fused(x, w, (1, 1), "SAME", dimension_numbers=NHWC,
                                         precision=lax.Precision.HIGHEST))(x, w)
-    assert actual.shape == (2, 10, 12, 4)
-    np.testing.assert_allclose(actual, upsample_then_conv(x, w), rtol=1e-5, atol=1e-4)
+    assert actual.shape == out_shape
+    np.testing.assert_allclose(actual, literal(x, w), rtol=1e-5, atol=1e-4)
 
 
 def test_nearest_upsample_conv_gradients_match_the_literal_form():
@@ -241,29 +265,6 @@ def test_nearest_upsample_conv_rejects_what_it_does_not_compute():
         fused(x, jnp.zeros((2, 2, 2, 2)), (1, 1), "SAME")
     with pytest.raises(ValueError, match="odd square kernel"):
         fused(x, w, (1, 1), "VALID")
-
-
-def conv_then_average_pool(x, w):
-    """The literal form: a stride-1 SAME conv, then the mean of each 2×2 block (float64)."""
-    with jax.enable_x64(True):
-        full = np.asarray(lax_conv(jnp.asarray(np.asarray(x, np.float64)),
-                                   jnp.asarray(np.asarray(w, np.float64)), (1, 1), "SAME"))
-    b, h, w_, o = full.shape
-    return full.reshape(b, h // 2, 2, w_ // 2, 2, o).mean(axis=(2, 4))
-
-
-@pytest.mark.parametrize("forward", [lax.conv_general_dilated, conv.patch_matmul_conv],
-                         ids=["xla", "patch_matmul"])
-@pytest.mark.parametrize("kernel", [1, 3, 5])
-def test_average_pooled_conv_is_the_pooled_conv(forward, kernel):
-    kx, kw = jax.random.split(jax.random.key(10 + kernel))
-    x = jax.random.normal(kx, (2, 6, 8, 3))
-    w = jax.random.normal(kw, (kernel, kernel, 3, 4))
-    fused = conv.average_pooled_conv(forward)
-    actual = jax.jit(lambda x, w: fused(x, w, (1, 1), "SAME", dimension_numbers=NHWC,
-                                        precision=lax.Precision.HIGHEST))(x, w)
-    assert actual.shape == (2, 3, 4, 4)
-    np.testing.assert_allclose(actual, conv_then_average_pool(x, w), rtol=1e-5, atol=1e-4)
 
 
 def test_average_pooled_conv_second_order_matches_the_literal_form():
