@@ -4,8 +4,9 @@ Each ``NAME.cc`` here is built with the machine's C++ compiler against the XLA F
 that jaxlib ships (``jax.ffi.include_dir()``), for this CPU (``-march=native``), into a
 cache directory: ``$KEXUE_JAX_CACHE`` if set, else ``$XDG_CACHE_HOME/kexue-jax`` or
 ``~/.cache/kexue-jax``. The file name carries a hash of everything the binary depends on
-(source, compiler and its flags, jaxlib version, CPU), so a stale binary is never loaded;
-concurrent first uses each build to a temporary name and rename, so they cannot collide.
+(source, this directory's headers, compiler and its flags, jaxlib version, CPU), so a stale
+binary is never loaded; concurrent first uses each build to a temporary name and rename, so
+they cannot collide.
 
 Nothing else in the project needs a compiler: when there is none, the build fails, or
 ``KEXUE_JAX_CPU_KERNELS=0`` is set, `library` returns None (with one warning naming the
@@ -78,8 +79,9 @@ def build(name: str) -> pathlib.Path:
     source = _SOURCE_DIR / f"{name}.cc"
     cxx = compiler()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    headers = [header.read_text() for header in sorted(_SOURCE_DIR.glob("*.h"))]
     key = hashlib.sha256("\0".join([
-        source.read_text(), cxx, version, " ".join(_FLAGS), jax.__version__,
+        source.read_text(), *headers, cxx, version, " ".join(_FLAGS), jax.__version__,
         _cpu_signature()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"{name}-{key}.so"
     if target.exists():
