@@ -4,10 +4,13 @@ XLA:CPU lowers some derivative convolutions of a strided conv (the input gradien
 whose input is spatially smaller than its kernel, after the algebraic simplifier swaps the
 operands) to loops that run ~50× below matmul speed; a WGAN-div critic step takes its
 gradient twice, so it hits them often (experiments/benchmarks/gradient_penalty.py, finding 1).
-`patch_matmul_conv` gathers the windows with strided slices and contracts them in one dot,
-so every derivative of any order is pads, slices and dots. On GPU/TPU the native conv is the
-better choice, which `conv_for_backend("auto")` makes. `patch_matmul_conv_transpose` does
-the same for the generator's transposed convs, whose XLA:CPU gradients are slow as well.
+`patch_matmul_conv` gathers the windows and contracts them in one dot, so every derivative
+of any order is a gather, its transpose and dots. The gather is a CPU kernel for float32
+(`kernels.cpu.windows`: XLA's own loop for it, pads and strided slices, moved ~1.7 GB/s and
+took longer than the matmuls it fed) and those strided slices elsewhere. On GPU/TPU the
+native conv is the better choice, which `conv_for_backend("auto")` makes.
+`patch_matmul_conv_transpose` does the same for the generator's transposed convs, whose
+XLA:CPU gradients are slow as well.
 
 Glossary: B batch, H/W spatial sides, C input and O output channels, kh/kw kernel sides.
 """
@@ -17,6 +20,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from kernels.cpu import windows as cpu_windows
 
 ConvFn = Callable[..., jax.Array]
 CONV_IMPLEMENTATIONS = ("auto", "xla", "patch_matmul")
@@ -52,11 +57,12 @@ def patch_matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
                       preferred_element_type=None) -> jax.Array:
     """``lax.conv_general_dilated`` for 2-D NHWC × HWIO convs, as a matmul over windows.
 
-    Every kh×kw window of the padded input is gathered with kh·kw strided slices into
-    (B, Ho, Wo, kh·kw, C) and contracted with the kernel in one ``einsum``. Its
-    derivatives of any order are pads, slices and dots, which XLA:CPU runs at matmul speed,
-    whereas it runs some gradient convolutions of a strided conv as slow loops (see the
-    module docstring). The price is the windows' memory: kh·kw/(sh·sw) times the input.
+    Every kh×kw window of the padded input is gathered into (B, Ho, Wo, kh·kw, C) (by
+    `kernels.cpu.windows` for float32 on CPU, else with kh·kw strided slices) and
+    contracted with the kernel in one matmul. Its derivatives of any order are that gather,
+    its transpose and dots, which XLA:CPU runs at memory and matmul speed, whereas it runs
+    some gradient convolutions of a strided conv as slow loops (see the module docstring).
+    The price is the windows' memory: kh·kw/(sh·sw) times the input.
 
     Args:
       lhs: (B, H, W, C) input.
@@ -98,13 +104,21 @@ def patch_matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
                          f"got {feature_group_count}")
     (kh, kw), (sh, sw) = rhs.shape[:2], tuple(window_strides)
     (top, bottom), (left, right) = _explicit_padding(lhs.shape, rhs.shape, (sh, sw), padding)
-    padded = lax.pad(lhs, jnp.zeros((), lhs.dtype),
-                     ((0, 0, 0), (top, bottom, dh - 1), (left, right, dw - 1), (0, 0, 0)))
-    out_h = (padded.shape[1] - kh) // sh + 1
-    out_w = (padded.shape[2] - kw) // sw + 1
-    windows = _windows(padded, (kh, kw), (sh, sw), (out_h, out_w))   # [B, Ho, Wo, kh·kw, C]
-    return jnp.einsum("bhwkc,kco->bhwo", windows, rhs.reshape(kh * kw, *rhs.shape[2:]),
-                      precision=precision, preferred_element_type=preferred_element_type)
+    padded_h = (lhs.shape[1] - 1) * dh + 1 + top + bottom
+    padded_w = (lhs.shape[2] - 1) * dw + 1 + left + right
+    count = ((padded_h - kh) // sh + 1, (padded_w - kw) // sw + 1)
+    if (dh, dw) == (1, 1) and cpu_windows.usable(lhs):   # the padding is the kernel's
+        windows = cpu_windows.gather_windows(lhs, (kh, kw), (sh, sw), (top, left), count)
+    else:
+        padded = lax.pad(lhs, jnp.zeros((), lhs.dtype),
+                         ((0, 0, 0), (top, bottom, dh - 1), (left, right, dw - 1), (0, 0, 0)))
+        windows = _windows(padded, (kh, kw), (sh, sw), count)   # [B, Ho, Wo, kh·kw, C]
+    # As one 2-D product: a 5-D einsum let XLA order the contraction (C, taps) and copy
+    # the windows into that order first.
+    patches = windows.reshape(-1, kh * kw * lhs.shape[3])
+    out = jnp.dot(patches, rhs.reshape(kh * kw * rhs.shape[2], rhs.shape[3]),
+                  precision=precision, preferred_element_type=preferred_element_type)
+    return out.reshape(*windows.shape[:3], rhs.shape[3])
 
 
 def transposed_conv_padding(kernel_size: int, stride: int, padding: str) -> tuple[int, int]:
