@@ -15,6 +15,7 @@ XLA:CPU gradients are slow as well.
 Glossary: B batch, H/W spatial sides, C input and O output channels, kh/kw kernel sides.
 """
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -107,12 +108,10 @@ def patch_matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
     padded_h = (lhs.shape[1] - 1) * dh + 1 + top + bottom
     padded_w = (lhs.shape[2] - 1) * dw + 1 + left + right
     count = ((padded_h - kh) // sh + 1, (padded_w - kw) // sw + 1)
-    if (dh, dw) == (1, 1) and cpu_windows.usable(lhs):   # the padding is the kernel's
-        windows = cpu_windows.gather_windows(lhs, (kh, kw), (sh, sw), (top, left), count)
-    else:
-        padded = lax.pad(lhs, jnp.zeros((), lhs.dtype),
-                         ((0, 0, 0), (top, bottom, dh - 1), (left, right, dw - 1), (0, 0, 0)))
-        windows = _windows(padded, (kh, kw), (sh, sw), count)   # [B, Ho, Wo, kh·kw, C]
+    if (dh, dw) != (1, 1):   # the zeros between pixels, then plain windows
+        lhs = lax.pad(lhs, jnp.zeros((), lhs.dtype),
+                      ((0, 0, 0), (0, 0, dh - 1), (0, 0, dw - 1), (0, 0, 0)))
+    windows = _gather_windows(lhs, (kh, kw), (sh, sw), (top, left), count)   # [B, Ho, Wo, k², C]
     # As one 2-D product: a 5-D einsum let XLA order the contraction (C, taps) and copy
     # the windows into that order first.
     patches = windows.reshape(-1, kh * kw * lhs.shape[3])
@@ -136,28 +135,43 @@ def transposed_conv_padding(kernel_size: int, stride: int, padding: str) -> tupl
     return before, total - before
 
 
-def _phase(kernel_size: int, stride: int, before: int, phase: int) -> tuple[int, int, int]:
-    """The taps of one output phase of a transposed conv (see `patch_matmul_conv_transpose`).
+def _gather_windows(x: jax.Array, size, stride, start, count) -> jax.Array:
+    """(B, Ho, Wo, kh·kw, C): ``x[b, p·sh + i − top, q·sw + j − left]`` at tap i·kw + j,
+    zero outside x (start = (top, left); negative crops): the CPU kernel for float32, else
+    a pad (or crop) and strided slices."""
+    if cpu_windows.usable(x):
+        return cpu_windows.gather_windows(x, size, stride, start, count)
+    (kh, kw), (sh, sw), (top, left), (out_h, out_w) = size, stride, start, count
+    bottom = (out_h - 1) * sh + kh - top - x.shape[1]
+    right = (out_w - 1) * sw + kw - left - x.shape[2]
+    padded = lax.pad(x, jnp.zeros((), x.dtype),
+                     ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+    return _windows(padded, size, stride, count)
 
-    Output o = s·q + phase of the stride-s transposed conv reads the zero-dilated, padded
-    input at o + t − before, which is a real input row only when t ≡ before − phase (mod s).
-    Returns (t0, taps, offset): taps t = t0 + s·m for m < taps read input row q + m + offset.
-    """
-    t0 = (before - phase) % stride
-    taps = len(range(t0, kernel_size, stride))
-    return t0, taps, (phase + t0 - before) // stride
+
+def _overlap_add(windows: jax.Array, size, stride, start, image) -> jax.Array:
+    """(B, H, W, C) with (H, W) = image: the transpose of `_gather_windows`, every window
+    summed onto the pixels it reads (col2im)."""
+    if cpu_windows.usable(windows):
+        return cpu_windows.scatter_windows(windows, size, stride, start, image)
+    shape = jax.ShapeDtypeStruct((*windows.shape[:-4], *image, windows.shape[-1]),
+                                 windows.dtype)
+    gather = functools.partial(_gather_windows, size=size, stride=stride, start=start,
+                               count=windows.shape[-4:-2])
+    return jax.linear_transpose(gather, shape)(windows)[0]
 
 
 def patch_matmul_conv_transpose(lhs, rhs, strides, padding, rhs_dilation=None,
                                 dimension_numbers=None, transpose_kernel=False,
                                 precision=None, preferred_element_type=None) -> jax.Array:
-    """``lax.conv_transpose`` for 2-D NHWC × HWIO, as stride-1 patch-matmul convs.
+    """``lax.conv_transpose`` for 2-D NHWC × HWIO, as one matmul and an overlap-add.
 
-    The stride-s transposed conv is split by output phase (sub-pixel decomposition): the
-    outputs at rows ≡ φ (mod s) read only every s-th kernel row of the undilated input, so
-    each of the s² phases is a `patch_matmul_conv` with a sub-kernel, and the phases are
-    interleaved. No multiply touches an inserted zero (lax's dilated conv does s²× the
-    work) and XLA:CPU sees only pads, slices and dots, in the generator's backward pass too.
+    Every input pixel is multiplied with the whole kernel at once, (B·H·W, C) × (C,
+    kh·kw·O), and each of its kh·kw products is added onto the output pixel it lands on,
+    s apart per input step (col2im, `kernels.cpu.windows` for float32 on CPU). No multiply
+    touches an inserted zero (lax's dilated conv does s²× the work), the intermediate has
+    the output's O channels per tap, and the gradient is the matching window gather and
+    two matmuls, in the generator's double backward too.
 
     Args:
       lhs: (B, H, W, C) input.
@@ -168,7 +182,7 @@ def patch_matmul_conv_transpose(lhs, rhs, strides, padding, rhs_dilation=None,
       rhs_dilation, dimension_numbers: None / ones and None / NHWC (all that is supported).
       transpose_kernel: flip the kernel spatially and swap its channel axes, which makes
         this the gradient of a forward conv with ``rhs`` (flax's ``transpose_kernel``).
-      precision, preferred_element_type: passed to the contractions.
+      precision, preferred_element_type: passed to the contraction.
 
     Returns:
       (B, Ho, Wo, O), (H·sh, W·sw) for "SAME"; the same values as ``lax.conv_transpose``.
@@ -180,45 +194,36 @@ def patch_matmul_conv_transpose(lhs, rhs, strides, padding, rhs_dilation=None,
     if lhs.ndim != 4 or rhs.ndim != 4:
         raise ValueError(f"patch_matmul_conv_transpose needs lhs (B, H, W, C) and a 4-D rhs, "
                          f"got lhs {lhs.shape} and rhs {rhs.shape}")
+    if dimension_numbers is not None and lax.conv_dimension_numbers(
+            lhs.shape, rhs.shape, dimension_numbers) != lax.conv_dimension_numbers(
+            lhs.shape, rhs.shape, NHWC):
+        raise ValueError(f"patch_matmul_conv_transpose supports NHWC/HWIO/NHWC only, got "
+                         f"dimension_numbers={dimension_numbers}")
     if transpose_kernel:
         rhs = jnp.flip(rhs, axis=(0, 1)).swapaxes(2, 3)
-    kernel, strides = rhs.shape[:2], tuple(strides)
+    (kh, kw, channels, features), strides = rhs.shape, tuple(strides)
+    if lhs.shape[3] != channels:
+        raise ValueError(f"patch_matmul_conv_transpose: lhs has {lhs.shape[3]} channels, "
+                         f"the kernel takes {channels}")
     if isinstance(padding, str):
-        pads = [transposed_conv_padding(k, s, padding) for k, s in zip(kernel, strides)]
+        pads = [transposed_conv_padding(k, s, padding) for k, s in zip((kh, kw), strides)]
     else:
         pads = [tuple(pair) for pair in padding]
-    sizes = lhs.shape[1:3]
     # Output side of a stride-1 conv over the dilated, padded input: (n−1)s + 1 + a + b − k + 1.
-    out = [(n - 1) * s + 2 + a + b - k for n, s, (a, b), k in zip(sizes, strides, pads, kernel)]
+    out = [(n - 1) * s + 2 + a + b - k
+           for n, s, (a, b), k in zip(lhs.shape[1:3], strides, pads, (kh, kw))]
     out_dtype = preferred_element_type or jnp.result_type(lhs, rhs)
     if min(out) <= 0:   # the padding crops everything: an empty output, as lax's
-        return jnp.zeros((lhs.shape[0], *(max(o, 0) for o in out), rhs.shape[3]), out_dtype)
-    per_phase = [-(-o // s) for o, s in zip(out, strides)]   # rows computed per phase
-    phases = []
-    for phase_h in range(strides[0]):
-        row = []
-        for phase_w in range(strides[1]):
-            taps, counts, sub_pads = [], [], []
-            for axis, phase in ((0, phase_h), (1, phase_w)):
-                t0, count, offset = _phase(kernel[axis], strides[axis], pads[axis][0], phase)
-                taps.append(slice(t0, None, strides[axis]))
-                # Rows q < Q read input rows q + m + offset (m < count): pad −offset before and
-                # up to row Q − 1 + count − 1 + offset after (negative pads crop).
-                sub_pads.append((-offset, per_phase[axis] + count - 2 + offset
-                                 - (sizes[axis] - 1)))
-                counts.append(count)
-            if 0 in counts:   # no tap reaches this phase: zeros
-                row.append(jnp.zeros((lhs.shape[0], *per_phase, rhs.shape[3]), out_dtype))
-                continue
-            row.append(patch_matmul_conv(lhs, rhs[taps[0], taps[1]], (1, 1), sub_pads,
-                                         dimension_numbers=dimension_numbers,
-                                         precision=precision,
-                                         preferred_element_type=preferred_element_type))
-        phases.append(jnp.stack(row, axis=3))                 # [B, Qh, Qw, sw, O]
-    y = jnp.stack(phases, axis=2)                             # [B, Qh, sh, Qw, sw, O]
-    y = y.reshape(lhs.shape[0], per_phase[0] * strides[0], per_phase[1] * strides[1],
-                  rhs.shape[3])
-    return y[:, :out[0], :out[1]]
+        return jnp.zeros((lhs.shape[0], *(max(o, 0) for o in out), features), out_dtype)
+    # Output o reads input q through tap t where q·s + lo = o + t; with the kernel flipped,
+    # t' = k − 1 − t, input q adds its product with tap t' onto o = q·s + t' − (k − 1 − lo):
+    # `_overlap_add` with start k − 1 − lo.
+    flipped = jnp.flip(rhs, axis=(0, 1)).transpose(2, 0, 1, 3).reshape(channels, -1)
+    products = jnp.dot(lhs.reshape(-1, channels), flipped, precision=precision,
+                       preferred_element_type=preferred_element_type)
+    products = products.reshape(*lhs.shape[:3], kh * kw, features)
+    start = (kh - 1 - pads[0][0], kw - 1 - pads[1][0])
+    return _overlap_add(products, (kh, kw), strides, start, tuple(out))
 
 
 def _box_summed_kernel(rhs: jax.Array) -> jax.Array:
