@@ -8,6 +8,7 @@ strided slices elsewhere; the tests hold the two to each other.
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,35 +39,41 @@ def usable(x: Array) -> bool:
     return x.dtype == jnp.float32 and jax.default_backend() == "cpu" and available()
 
 
-def _require_kernel() -> None:
+def _require_kernel(x: Array) -> None:
+    if x.dtype != jnp.float32:
+        raise ValueError(f"the windows kernel takes float32, got {x.dtype}")
     if not available():
         raise ValueError("the windows kernel could not be built (see the warning from "
                          "kernels.cpu)")
 
 
-def _attributes(geometry) -> dict[str, np.int64]:
-    (kh, kw), (sh, sw), (top, left) = geometry[:3]
-    return {name: np.int64(value) for name, value in
-            (("kh", kh), ("kw", kw), ("sh", sh), ("sw", sw), ("top", top), ("left", left))}
+class _Geometry(NamedTuple):
+    """Static, shared by the pair so each can state the other's output shape."""
+    size: tuple[int, int]     # (kh, kw)
+    stride: tuple[int, int]   # (sh, sw)
+    start: tuple[int, int]    # (top, left)
+    count: tuple[int, int]    # (Ho, Wo): windows per column and row
+    image: tuple[int, int]    # (H, W)
 
-
-# geometry = (size, stride, start, count, image): (kh, kw), (sh, sw), (top, left), (Ho, Wo)
-# and (H, W), static, shared by the pair so each can state the other's output shape.
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _gather(x, geometry):
-    (kh, kw), count = geometry[0], geometry[3]
-    shape = jax.ShapeDtypeStruct((*x.shape[:-3], *count, kh * kw, x.shape[-1]), jnp.float32)
-    return jax.ffi.ffi_call(_GATHER, shape, vmap_method="broadcast_all")(
-        x, **_attributes(geometry))
+    def attributes(self) -> dict[str, np.int64]:
+        (kh, kw), (sh, sw), (top, left) = self.size, self.stride, self.start
+        return {name: np.int64(value) for name, value in
+                (("kh", kh), ("kw", kw), ("sh", sh), ("sw", sw), ("top", top),
+                 ("left", left))}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _scatter(windows, geometry):
-    image = geometry[4]
-    shape = jax.ShapeDtypeStruct((*windows.shape[:-4], *image, windows.shape[-1]), jnp.float32)
-    return jax.ffi.ffi_call(_SCATTER, shape, vmap_method="broadcast_all")(
-        windows, **_attributes(geometry))
+def _gather(x, geometry: _Geometry):
+    shape = (*x.shape[:-3], *geometry.count, geometry.size[0] * geometry.size[1], x.shape[-1])
+    return jax.ffi.ffi_call(_GATHER, jax.ShapeDtypeStruct(shape, jnp.float32),
+                            vmap_method="broadcast_all")(x, **geometry.attributes())
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _scatter(windows, geometry: _Geometry):
+    shape = (*windows.shape[:-4], *geometry.image, windows.shape[-1])
+    return jax.ffi.ffi_call(_SCATTER, jax.ShapeDtypeStruct(shape, jnp.float32),
+                            vmap_method="broadcast_all")(windows, **geometry.attributes())
 
 
 # Each is linear and the other's transpose.
@@ -89,11 +96,12 @@ def gather_windows(x: Array, size: tuple[int, int], stride: tuple[int, int],
       count: (Ho, Wo) windows per column and row.
 
     Raises:
-      ValueError: the kernel could not be built (see the warning from `kernels.cpu`).
+      ValueError: x is not float32, or the kernel could not be built (see the warning
+        from `kernels.cpu`).
     """
-    _require_kernel()
-    geometry = (tuple(size), tuple(stride), tuple(start), tuple(count), tuple(x.shape[-3:-1]))
-    return _gather(x, geometry)
+    _require_kernel(x)
+    return _gather(x, _Geometry(tuple(size), tuple(stride), tuple(start), tuple(count),
+                                tuple(x.shape[-3:-1])))
 
 
 def scatter_windows(windows: Array, size: tuple[int, int], stride: tuple[int, int],
@@ -105,8 +113,10 @@ def scatter_windows(windows: Array, size: tuple[int, int], stride: tuple[int, in
       windows: (B, Ho, Wo, kh·kw, C) float32.
       size, stride, start: as `gather_windows`.
       image: (H, W) of the result.
+
+    Raises:
+      ValueError: as `gather_windows`.
     """
-    _require_kernel()
-    geometry = (tuple(size), tuple(stride), tuple(start), tuple(windows.shape[-4:-2]),
-                tuple(image))
-    return _scatter(windows, geometry)
+    _require_kernel(windows)
+    return _scatter(windows, _Geometry(tuple(size), tuple(stride), tuple(start),
+                                       tuple(windows.shape[-4:-2]), tuple(image)))

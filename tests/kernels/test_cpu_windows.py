@@ -133,3 +133,6 @@ def test_usable_only_for_float32():
     assert cpu_windows.usable(jnp.ones((1, 2, 2, 1), jnp.float32))
     assert not cpu_windows.usable(jnp.ones((1, 2, 2, 1), jnp.bfloat16))
     assert not cpu_windows.usable(jnp.ones((1, 2, 2, 1), jnp.int32))
+    with pytest.raises(ValueError, match="float32, got bfloat16"):
+        cpu_windows.gather_windows(jnp.ones((1, 2, 2, 1), jnp.bfloat16), (1, 1), (1, 1),
+                                   (0, 0), (2, 2))
