@@ -117,3 +117,22 @@ def _load(name: str) -> ctypes.CDLL | None:
         warnings.warn(f"CPU kernel {name!r} unavailable, using the XLA path: {error}",
                       RuntimeWarning, stacklevel=2)
         return None
+
+
+def register(name: str, targets: dict[str, str]) -> bool:
+    """Loads ``NAME.cc``'s library and registers its handlers as XLA FFI targets on CPU.
+
+    Args:
+      name: the kernel's file name, without ``.cc``.
+      targets: FFI target name -> the library's handler symbol.
+
+    Returns:
+      False when the library cannot be had (see `library`), else True.
+    """
+    loaded = library(name)
+    if loaded is None:
+        return False
+    for target, symbol in targets.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(loaded, symbol)),
+                                    platform="cpu")
+    return True

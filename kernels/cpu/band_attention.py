@@ -26,13 +26,8 @@ FEATURE_MULTIPLE = 8
 @functools.cache
 def available() -> bool:
     """Whether the kernel is built and registered with XLA (False: no compiler, see `cpu`)."""
-    library = cpu.library("band_attention")
-    if library is None:
-        return False
-    for name, symbol in ((_FORWARD, library.KexueBandAttentionForward),
-                         (_BACKWARD, library.KexueBandAttentionBackward)):
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
-    return True
+    return cpu.register("band_attention", {_FORWARD: "KexueBandAttentionForward",
+                                           _BACKWARD: "KexueBandAttentionBackward"})
 
 
 def unsupported_reason(q: Array, v: Array) -> str | None:

@@ -136,26 +136,19 @@ ffi::Error ScatterImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> windows,
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(KexueWindowsGather, GatherImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // x
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // windows
-                                  .Attr<int64_t>("kh")
-                                  .Attr<int64_t>("kw")
-                                  .Attr<int64_t>("sh")
-                                  .Attr<int64_t>("sw")
-                                  .Attr<int64_t>("top")
-                                  .Attr<int64_t>("left"));
+// Both handlers: one array in, one out, and the window geometry.
+static auto windows_binding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Attr<int64_t>("kh")
+      .Attr<int64_t>("kw")
+      .Attr<int64_t>("sh")
+      .Attr<int64_t>("sw")
+      .Attr<int64_t>("top")
+      .Attr<int64_t>("left");
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(KexueWindowsScatter, ScatterImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // windows
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // x
-                                  .Attr<int64_t>("kh")
-                                  .Attr<int64_t>("kw")
-                                  .Attr<int64_t>("sh")
-                                  .Attr<int64_t>("sw")
-                                  .Attr<int64_t>("top")
-                                  .Attr<int64_t>("left"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(KexueWindowsGather, GatherImpl, windows_binding());    // x → windows
+XLA_FFI_DEFINE_HANDLER_SYMBOL(KexueWindowsScatter, ScatterImpl, windows_binding());  // windows → x

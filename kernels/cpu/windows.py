@@ -25,13 +25,8 @@ _SCATTER = "kexue_windows_scatter"
 @functools.cache
 def available() -> bool:
     """Whether the kernel is built and registered with XLA (False: no compiler, see `cpu`)."""
-    library = cpu.library("windows")
-    if library is None:
-        return False
-    for name, symbol in ((_GATHER, library.KexueWindowsGather),
-                         (_SCATTER, library.KexueWindowsScatter)):
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
-    return True
+    return cpu.register("windows", {_GATHER: "KexueWindowsGather",
+                                    _SCATTER: "KexueWindowsScatter"})
 
 
 def usable(x: Array) -> bool:

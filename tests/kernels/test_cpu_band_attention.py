@@ -18,22 +18,14 @@ from hypothesis import strategies as st
 
 from kernels import cpu
 from kernels.cpu import band_attention as cpu_band
+from tests.kernels import cpu_kernels
 
 EMPTY_LSE = -1e30
 
 
-def _require_kernel():
-    try:
-        cpu.compiler()
-    except cpu.BuildError as error:
-        pytest.skip(f"no C++ compiler on this machine: {error}")
-    cpu.build("band_attention")  # a compile error fails here, with the compiler's output
-    assert cpu_band.available()
-
-
 @pytest.fixture(autouse=True)
 def kernel():
-    _require_kernel()
+    cpu_kernels.require("band_attention", cpu_band.available)
 
 
 def dense_band_reference(q, k, v, valid, lo, hi):

@@ -12,18 +12,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from kernels import conv, cpu
+from kernels import conv
 from kernels.cpu import windows as cpu_windows
+from tests.kernels import cpu_kernels
 
 
 @pytest.fixture(autouse=True)
 def kernel():
-    try:
-        cpu.compiler()
-    except cpu.BuildError as error:
-        pytest.skip(f"no C++ compiler on this machine: {error}")
-    cpu.build("windows")  # a compile error fails here, with the compiler's output
-    assert cpu_windows.available()
+    cpu_kernels.require("windows", cpu_windows.available)
 
 
 def sliced_windows(x, size, stride, start, count):
