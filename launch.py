@@ -154,16 +154,19 @@ def resolve(config_module, config) -> None:
 
 
 def run_demo() -> None:
-    """Runs every experiment's demo variant; prints one table from their summary.json files.
+    """Runs `experiments.DEMO_RUNS` (every experiment's demo variant, and the GAN's
+    conditional-BN demo); prints one table from their summary.json files.
 
     The table gives each run's headline figure (the first of summary.json's "results") and
     where its wall time went: compiling, the first step, the steady steps, evaluation and
-    checkpoints, with the steady steps/s.
+    checkpoints, with the steady steps/s. A row is named after its experiment, with the
+    variant when it is not "demo".
     """
     workdirs = {}
-    for name in experiments.DEMOS:
-        workdirs[name] = pathlib.Path("runs/demo") / name
-        run_experiment(f"{name}:demo", ["--workdir", str(workdirs[name])])
+    for spec in experiments.DEMO_RUNS:
+        name = spec.removesuffix(":demo")
+        workdirs[name] = pathlib.Path("runs/demo") / name.replace(":", "_")
+        run_experiment(spec, ["--workdir", str(workdirs[name])])
     print(demo_table({name: trainer.read_summary(workdir)
                       for name, workdir in workdirs.items()}))
 

@@ -25,6 +25,9 @@ EXPERIMENTS = ("sentence_similarity", "gan", "sparse_lm", "entity_linking", "hea
 # What `make demo` runs: every experiment but bert_pretrain, whose demo (about five minutes)
 # only prepares a checkpoint for nl2sql (docs/nl2sql.md §5).
 DEMOS = tuple(name for name in EXPERIMENTS if name != "bert_pretrain")
+# The runs of `make demo`: each of those experiments' demo variant, and one architecture
+# of docs/gan_architectures.md (conditional BN on generated shapes).
+DEMO_RUNS = tuple(f"{name}:demo" for name in DEMOS) + ("gan:cbn_demo",)
 
 
 def load(name: str) -> types.ModuleType:

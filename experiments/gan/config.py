@@ -54,12 +54,12 @@ from models import dcgan, gan_norms, gan_trunks, transformer
 
 PRESETS = ("wgan_div", "wgan_div_paper", "dcgan", "wgan_gp", "wgan_sn")
 ARCHITECTURE_PRESETS = ("resnet", "selfmod", "stylegan_lite", "ogan", "cbn")
-VARIANTS = ("",) + PRESETS + ARCHITECTURE_PRESETS + ("smoke", "demo")
+VARIANTS = ("",) + PRESETS + ARCHITECTURE_PRESETS + ("smoke", "demo", "cbn_demo")
 # The GAN losses of kernels.gan_losses, and O-GAN's own objective (experiments.gan.ogan).
 OGAN = "ogan"
 LOSSES = tuple(gan_losses.GAN_LOSSES) + (OGAN,)
 PENALTIES = ("none", "wgan_div", "wgan_gp", "r1", "r2")  # what train.make_penalty builds
-DATA_KINDS = ("mixture", "images", "olivetti")
+DATA_KINDS = ("mixture", "images", "olivetti", "shapes")
 MIXTURES = ("ring", "grid")                                  # experiments.gan.mixture
 LABELS = ("none", "subfolders")   # data.labels: class = the first sub-folder under data.path
 TRUNKS = tuple(gan_trunks.TRUNKS)
@@ -105,7 +105,9 @@ def _base_config() -> ml_collections.ConfigDict:
     config.batch_size = 64            # §4.1 (per D update and per G update)
 
     config.data = ml_collections.ConfigDict()
-    config.data.kind = "mixture"      # mixture (embedded, §5.1) | images (folder, §5.2)
+    # mixture (embedded, §5.1) | images (folder, §5.2) | olivetti | shapes (generated,
+    # labelled: circle, square, triangle; docs/gan_architectures.md §4)
+    config.data.kind = "mixture"
     config.data.mixture = "ring"      # ring: 8 modes | grid: 25 modes (experiments.gan.mixture)
     config.data.path = ""             # images: a folder of image files (sub-folders allowed)
     # images: side of the square crop after resizing. The reference uses 128 on CelebA-HQ; the
@@ -114,6 +116,7 @@ def _base_config() -> ml_collections.ConfigDict:
     config.data.skip_bad = False      # images: skip (and count) undecodable files
     config.data.cache_dir = ""        # images: where the decoded uint8 .npy goes ("": workdir)
     config.data.num_eval_images = 1000  # images: held-out real images for the SWD
+    config.data.num_shapes = 3072     # shapes: how many to generate (seeded by trainer.seed)
     # Class labels for conditional training: "subfolders" = one class per sub-folder of
     # data.path (data.kind=olivetti: always the 40 identities).
     config.data.labels = "none"
@@ -259,6 +262,18 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.trainer.num_steps = 3000
         config.trainer.eval_every = 1000
         config.trainer.checkpoint_every = 1000
+    if variant == "cbn_demo":
+        # The post's conditional BN (the cbn preset) on generated shapes at 32², one class
+        # per shape; about a minute on 2 CPU cores (`make demo`).
+        _apply_architecture_preset(config, "cbn")
+        config.data.kind = "shapes"
+        config.data.resolution = 32
+        config.data.num_eval_images = 512
+        config.model.dcgan.base_channels = 32
+        config.batch_size = 32
+        config.trainer.num_steps = 800
+        config.trainer.eval_every = 400
+        config.trainer.checkpoint_every = 400
     if variant == "smoke":
         config.model.mlp.width = 32
         config.model.mlp.num_hidden = 2
@@ -321,9 +336,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         require(config.loss != OGAN, "loss", config.loss,
                 "O-GAN needs image nets: set data.kind=images")
         return
-    require(bool(config.data.path), "data.path", config.data.path,
-            f"data.kind={config.data.kind} needs --config.data.path="
-            + ("FOLDER" if config.data.kind == "images" else "olivettifaces.gif"))
+    if config.data.kind == "shapes":
+        configs.require_int(config, "data.num_shapes", 1)
+    else:
+        require(bool(config.data.path), "data.path", config.data.path,
+                f"data.kind={config.data.kind} needs --config.data.path="
+                + ("FOLDER" if config.data.kind == "images" else "olivettifaces.gif"))
     _validate_architecture(config)
     resolution = config.data.resolution
     require(_is_power_of_two(resolution) and resolution >= dcgan.MIN_RESOLUTION,
@@ -348,8 +366,9 @@ def _get(config, key: str):
 
 
 def is_labelled(config: ml_collections.ConfigDict) -> bool:
-    """Whether the run trains on class labels (Olivetti, or sub-folders as classes)."""
-    return config.data.kind == "olivetti" or (
+    """Whether the run trains on class labels (Olivetti, generated shapes, or sub-folders as
+    classes)."""
+    return config.data.kind in ("olivetti", "shapes") or (
         config.data.kind == "images" and config.data.labels == "subfolders")
 
 
@@ -376,8 +395,8 @@ def _validate_architecture(config: ml_collections.ConfigDict) -> None:
     require, model = configs.require, config.model
     labelled = is_labelled(config)
     require(model.norm not in gan_norms.LABEL_NORMS or labelled, "model.norm", model.norm,
-            "conditional_bn needs class labels: --config.data.labels=subfolders or "
-            "--config.data.kind=olivetti")
+            "conditional_bn needs class labels: --config.data.labels=subfolders, "
+            "--config.data.kind=olivetti or --config.data.kind=shapes")
     require(model.trunk not in gan_trunks.CONSTANT_INPUT_TRUNKS
             or model.norm in gan_norms.LATENT_NORMS, "model.norm", model.norm,
             f"trunk {model.trunk} has a constant input: its norm must read the latent "

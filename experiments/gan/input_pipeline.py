@@ -1,4 +1,5 @@
-"""Input pipelines of the GAN experiment: an image folder, or the embedded 2-D mixtures.
+"""Input pipelines of the GAN experiment: an image folder, the embedded 2-D mixtures, or
+generated shapes.
 
 Images (docs/wgan_div.md §5.2): each file is centre-cropped to a square, resized to the
 resolution with PIL's antialiasing Lanczos filter and kept as uint8 (n, R, R, 3); batches
@@ -6,6 +7,10 @@ stay uint8 on the way to the device and are scaled to [−1, 1] inside the train
 (`to_model_range`), which keeps 10k CelebA faces at 64² at 123 MB instead of 490 MB of
 float32. The decoded array is cached as a .npy keyed by the folder's file list and the
 resolution, so a second run (or the other presets of a sweep) skips decoding.
+
+Generated shapes (docs/gan_architectures.md §4): `generate_shapes` draws labelled images
+of one filled circle, square or triangle each, for `make demo` and tests on a machine with
+no image data.
 
 Mixtures (docs/wgan_div.md §5.1): every batch is drawn fresh from the mixture with a numpy
 generator seeded by (seed, batch index), so the stream is infinite and a resumed run sees
@@ -253,3 +258,48 @@ def load_labelled_images(folder, resolution: int, *, classes: str = "",
         names.append(path.name)
         skipped += class_skipped
     return np.concatenate(images), np.concatenate(labels), names, skipped
+
+
+# Generated shapes (labelled images that need no data files).
+
+SHAPES = ("circle", "square", "triangle")
+
+
+def generate_shapes(count: int, resolution: int, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``count`` images of one filled shape each on a plain background, labelled by shape.
+
+    Image i shows shape i mod 3 (`SHAPES`) in a random colour, size (a third to two thirds
+    of the side) and position, fully inside the frame, on a darker random background. Drawn
+    with PIL at 4× and downsampled (antialiased edges); the same (count, resolution, seed)
+    always gives the same images.
+
+    Returns:
+      (images (count, R, R, 3) uint8, labels (count,) int32 in [0, 3), `SHAPES` as a list).
+    """
+    import PIL.Image
+    import PIL.ImageDraw
+
+    rng = np.random.default_rng(seed)
+    scale = 4
+    side = resolution * scale
+    images = np.empty((count, resolution, resolution, 3), np.uint8)
+    labels = (np.arange(count) % len(SHAPES)).astype(np.int32)
+    for index, label in enumerate(labels):
+        background = tuple(int(c) for c in rng.integers(0, 96, 3))
+        colour = tuple(int(c) for c in rng.integers(128, 256, 3))
+        size = rng.uniform(side / 3, 2 * side / 3)
+        left, top = rng.uniform(0, side - size, 2)
+        canvas = PIL.Image.new("RGB", (side, side), background)
+        draw = PIL.ImageDraw.Draw(canvas)
+        box = (left, top, left + size, top + size)
+        if SHAPES[label] == "circle":
+            draw.ellipse(box, fill=colour)
+        elif SHAPES[label] == "square":
+            draw.rectangle(box, fill=colour)
+        else:
+            draw.polygon([(left + size / 2, top), (left, top + size), (left + size, top + size)],
+                         fill=colour)
+        images[index] = np.asarray(canvas.resize((resolution, resolution),
+                                                 PIL.Image.Resampling.LANCZOS))
+    return images, labels, list(SHAPES)

@@ -544,7 +544,10 @@ def load_image_data(config, workdir: pathlib.Path) -> ImageData:
     """
     cache_dir = pathlib.Path(config.data.cache_dir) if config.data.cache_dir else workdir
     data_config, skipped = config.data, []
-    if data_config.kind == "olivetti":
+    if data_config.kind == "shapes":
+        images, labels, names = input_pipeline.generate_shapes(
+            data_config.num_shapes, data_config.resolution, config.trainer.seed)
+    elif data_config.kind == "olivetti":
         images, labels, names = input_pipeline.load_olivetti(data_config.path,
                                                              data_config.resolution)
     elif data_config.labels == "subfolders":
@@ -561,21 +564,28 @@ def load_image_data(config, workdir: pathlib.Path) -> ImageData:
     return ImageData(images, labels, tuple(names))
 
 
+def _data_source(config) -> str:
+    """What the images are, for messages: their file or folder, or "generated shapes"."""
+    if config.data.kind == "shapes":
+        return f"{config.data.num_shapes} generated shapes"
+    return config.data.path
+
+
 def _image_task_parts(config, nets, workdir, image_data: ImageData):
     images, labels = image_data.images, image_data.labels
     try:
         train_index, held_out_index = input_pipeline.split_held_out(
             np.arange(len(images)), config.data.num_eval_images, config.trainer.seed)
     except ValueError as error:
-        raise ConfigError(f"{config.data.path}: {error}") from None
+        raise ConfigError(f"{_data_source(config)}: {error}") from None
     train_images, held_out = images[train_index], images[held_out_index]
     per_step = config.steps.critic * config.batch_size
     if len(train_images) < per_step:
         raise ConfigError(
-            f"{config.data.path}: {len(train_images)} training images (after holding out "
+            f"{_data_source(config)}: {len(train_images)} training images (after holding out "
             f"{len(held_out)}) are fewer than one step's {per_step} (steps.critic × batch_size)")
     classes = f", {len(image_data.class_names)} classes" if labels is not None else ""
-    print(f"data: {config.data.path}: {len(images)} images at {config.data.resolution}² "
+    print(f"data: {_data_source(config)}: {len(images)} images at {config.data.resolution}² "
           f"({len(train_images)} train, {len(held_out)} held out for the SWD{classes})",
           flush=True)
     arrays = {"real": train_images}

@@ -296,3 +296,41 @@ def test_conditional_run_writes_a_grid_and_an_swd_per_class(tmp_path):
     assert result["class_agreement_real"] == 1.0
     assert 0.0 <= result["class_agreement"] <= 1.0 and 0.0 < result["class_agreement_chance"] < 1
     assert (tmp_path / "run" / "samples" / "step_0000002_class_light.png").exists()
+
+
+# ---------------------------------------------------------------------------- generated shapes
+
+
+def test_generated_shapes_fill_their_box_as_a_circle_square_or_triangle_does():
+    """Each shape's bright pixels fill its bounding box by its area ratio: π/4 for a circle,
+    1 for a square, 1/2 for a triangle (shape channels are ≥ 128, backgrounds < 96)."""
+    images, labels, names = input_pipeline.generate_shapes(60, 64, seed=3)
+    assert images.shape == (60, 64, 64, 3) and images.dtype == np.uint8
+    assert names == ["circle", "square", "triangle"] and list(np.bincount(labels)) == [20] * 3
+    expected = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
+    for image, label in zip(images, labels):
+        mask = image.max(axis=-1) > 112
+        rows, columns = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        box = (rows[-1] - rows[0] + 1) * (columns[-1] - columns[0] + 1)
+        assert mask.sum() / box == pytest.approx(expected[names[label]], abs=0.1)
+    again, _, _ = input_pipeline.generate_shapes(60, 64, seed=3)
+    assert np.array_equal(images, again)
+    assert not np.array_equal(images, input_pipeline.generate_shapes(60, 64, seed=4)[0])
+
+
+def test_conditional_demo_on_generated_shapes_runs_without_data_files(tmp_path):
+    """`make demo`'s architecture run (gan:cbn_demo), shortened: labelled shapes, no path."""
+    result = launch.run_experiment("gan:cbn_demo", [
+        "--workdir", str(tmp_path / "run"), "--config.data.num_shapes=48",
+        *[arg for arg in TINY if "resolution" not in arg]])
+    assert set(result) >= {"swd_class_circle", "swd_class_square", "swd_class_triangle"}
+    assert 0.0 <= result["class_agreement"] <= 1.0
+    assert (tmp_path / "run" / "samples" / "step_0000002_class_triangle.png").exists()
+
+
+def test_shapes_need_no_path_but_a_positive_count():
+    config = config_lib.get_config("cbn_demo")
+    config_lib.validate(config)
+    with pytest.raises(ConfigError, match="data.num_shapes"):
+        configs.apply_overrides(config, ["data.num_shapes=0"])
+        config_lib.validate(config)
