@@ -31,6 +31,8 @@ image data (`--config.data.path=DIR`; gan:cbn reads the Olivetti faces GIF):
 | ogan          | O-GAN (§3.7)   | dcgan (ogan)  | self_mod, 128   | O-GAN, RMSprop 1e-4  |
 | cbn           | Cond. BN (§3.3)| dcgan         | conditional_bn  | WGAN-div, projection |
 
+and "cbn_demo" (`make demo`): cbn on generated shapes at 32² (`data.kind=shapes`, no files).
+
 Trunk (`model.trunk`), generator norm (`model.norm`), SAGAN attention
 (`model.attention.resolution`, `.pattern`) and loss are independent switches:
 `--config.model.trunk=resnet --config.model.norm=self_mod` is the SELF-MOD ResNet.
@@ -38,7 +40,8 @@ Trunk (`model.trunk`), generator norm (`model.norm`), SAGAN attention
 The default data is the embedded 2-D mixture benchmark (`experiments.gan.mixture`; 8 modes on a
 ring, or 25 on a grid) with the MLP nets of `models.mlp_gan`: it needs no files. With
 `data.kind=images` the preset's DCGAN nets (`models.dcgan.CRITICS` / `GENERATORS`) train on an
-image folder.
+image folder, with `data.kind=olivetti` on the Olivetti faces, with `data.kind=shapes` on
+generated labelled shapes (`input_pipeline.generate_shapes`).
 
 Expected (`python -m experiments.gan.sweep mixture`): see results/gan/mixture.md.
 """
