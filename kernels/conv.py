@@ -53,6 +53,17 @@ def _windows(x: jax.Array, size: tuple[int, int], stride: tuple[int, int],
         for i in range(kh) for j in range(kw)], axis=3)
 
 
+def _check_layout_and_dilation(name, lhs, rhs, dimension_numbers, rhs_dilation) -> None:
+    """Raises ValueError unless the conv is NHWC/HWIO/NHWC with an undilated kernel."""
+    if dimension_numbers is not None and lax.conv_dimension_numbers(
+            lhs.shape, rhs.shape, dimension_numbers) != lax.conv_dimension_numbers(
+            lhs.shape, rhs.shape, NHWC):
+        raise ValueError(f"{name} supports NHWC/HWIO/NHWC only, got "
+                         f"dimension_numbers={dimension_numbers}")
+    if rhs_dilation is not None and any(d != 1 for d in rhs_dilation):
+        raise ValueError(f"{name} does not support rhs_dilation={rhs_dilation}")
+
+
 def patch_matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                       dimension_numbers=None, feature_group_count=1, precision=None,
                       preferred_element_type=None) -> jax.Array:
@@ -89,13 +100,7 @@ def patch_matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
     if lhs.ndim != 4 or rhs.ndim != 4 or lhs.shape[3] != rhs.shape[2]:
         raise ValueError(f"patch_matmul_conv needs lhs (B, H, W, C) and rhs (kh, kw, C, O), "
                          f"got lhs {lhs.shape} and rhs {rhs.shape}")
-    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
-    if dimension_numbers is not None and lax.conv_dimension_numbers(
-            lhs.shape, rhs.shape, dimension_numbers) != nhwc:
-        raise ValueError(f"patch_matmul_conv supports NHWC/HWIO/NHWC only, got "
-                         f"dimension_numbers={dimension_numbers}")
-    if rhs_dilation is not None and any(d != 1 for d in rhs_dilation):
-        raise ValueError(f"patch_matmul_conv does not support rhs_dilation={rhs_dilation}")
+    _check_layout_and_dilation("patch_matmul_conv", lhs, rhs, dimension_numbers, rhs_dilation)
     dh, dw = (1, 1) if lhs_dilation is None else tuple(lhs_dilation)
     if (dh, dw) != (1, 1) and isinstance(padding, str):
         raise ValueError(f"patch_matmul_conv needs explicit padding with lhs_dilation="
@@ -187,18 +192,12 @@ def patch_matmul_conv_transpose(lhs, rhs, strides, padding, rhs_dilation=None,
     Returns:
       (B, Ho, Wo, O), (H·sh, W·sw) for "SAME"; the same values as ``lax.conv_transpose``.
     """
-    if rhs_dilation is not None and any(d != 1 for d in rhs_dilation):
-        raise ValueError(f"patch_matmul_conv_transpose does not support "
-                         f"rhs_dilation={rhs_dilation}")
     lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
     if lhs.ndim != 4 or rhs.ndim != 4:
         raise ValueError(f"patch_matmul_conv_transpose needs lhs (B, H, W, C) and a 4-D rhs, "
                          f"got lhs {lhs.shape} and rhs {rhs.shape}")
-    if dimension_numbers is not None and lax.conv_dimension_numbers(
-            lhs.shape, rhs.shape, dimension_numbers) != lax.conv_dimension_numbers(
-            lhs.shape, rhs.shape, NHWC):
-        raise ValueError(f"patch_matmul_conv_transpose supports NHWC/HWIO/NHWC only, got "
-                         f"dimension_numbers={dimension_numbers}")
+    _check_layout_and_dilation("patch_matmul_conv_transpose", lhs, rhs, dimension_numbers,
+                               rhs_dilation)
     if transpose_kernel:
         rhs = jnp.flip(rhs, axis=(0, 1)).swapaxes(2, 3)
     (kh, kw, channels, features), strides = rhs.shape, tuple(strides)
